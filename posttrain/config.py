@@ -1,0 +1,223 @@
+"""The typed schema of params.yaml.
+
+Every stage calls `load_params()` first, before importing torch or transformers, so a
+typo or an impossible value fails in well under a second with one line naming the key:
+
+    params.yaml: data.split.test: Input should be greater than 0 (got -5)
+
+Sections mirror params.yaml one to one; params.yaml carries the comments that explain
+each knob, this file carries the types, bounds and cross-field rules.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = "params.yaml"
+
+
+class ParamsError(Exception):
+    """A params.yaml problem, already phrased for the user (file and key in the text)."""
+
+
+class _Section(BaseModel):
+    # extra="forbid": a misspelt key is an error, never a silently ignored knob.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TinyModelParams(_Section):
+    architecture: Literal["qwen2", "llama"] = "qwen2"
+    hidden_size: int = Field(64, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    num_kv_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(128, gt=0)
+    vocab_size: int = Field(1024, ge=300, description="BPE vocabulary trained locally")
+    max_position_embeddings: int = Field(1024, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelParams:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be divisible by num_kv_heads")
+        return self
+
+
+class ModelParams(_Section):
+    source: str = Field("smollm2", min_length=1)
+    revision: str | None = None
+    trust_remote_code: bool = False
+    tiny: TinyModelParams = TinyModelParams()
+
+
+class PromptParams(_Section):
+    system: str | None = None
+    instruction: str = "{question}"
+
+    @model_validator(mode="after")
+    def _has_question_slot(self) -> PromptParams:
+        if "{question}" not in self.instruction:
+            raise ValueError("instruction must contain the placeholder {question}")
+        return self
+
+
+Operation = Literal["add", "sub", "mul", "div"]
+
+
+class SyntheticParams(_Section):
+    num_problems: int = Field(2000, gt=0)
+    min_steps: int = Field(1, gt=0)
+    max_steps: int = Field(2, gt=0)
+    operations: list[Operation] = Field(default_factory=lambda: ["add", "sub", "mul", "div"], min_length=1)
+    max_number: int = Field(20, ge=2)
+
+    @model_validator(mode="after")
+    def _step_range(self) -> SyntheticParams:
+        if self.max_steps < self.min_steps:
+            raise ValueError(f"max_steps ({self.max_steps}) is below min_steps ({self.min_steps})")
+        return self
+
+
+class SplitParams(_Section):
+    sft: int = Field(gt=0)
+    rl: int = Field(gt=0)
+    test: int = Field(gt=0)
+
+
+class SafetyDataParams(_Section):
+    source: str = "builtin"
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+
+
+class DataParams(_Section):
+    source: str = Field("synthetic", min_length=1)
+    synthetic: SyntheticParams = SyntheticParams()
+    split: SplitParams
+    max_bad_fraction: float = Field(0.01, ge=0, le=1)
+    safety: SafetyDataParams = SafetyDataParams()
+
+    @model_validator(mode="after")
+    def _split_fits(self) -> DataParams:
+        # Only the generator's size is known before reading data; for files the
+        # prepare stage checks the same rule against the records it actually parsed.
+        if self.source == "synthetic":
+            wanted = self.split.sft + self.split.rl + self.split.test
+            if wanted > self.synthetic.num_problems:
+                raise ValueError(
+                    f"split sizes sft+rl+test = {wanted} exceed synthetic.num_problems = "
+                    f"{self.synthetic.num_problems}"
+                )
+        return self
+
+
+class EvaluateParams(_Section):
+    max_new_tokens: int = Field(256, gt=0)
+    safety_max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(16, gt=0)
+    temperature: float = Field(0.0, ge=0, description="0 means greedy decoding")
+    top_p: float = Field(1.0, gt=0, le=1)
+    gsm_limit: int | None = Field(None, gt=0, description="evaluate only the first N test problems")
+    safety_limit: int | None = Field(None, gt=0)
+
+
+class LoraParams(_Section):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    # "all-linear" or a list of module names (q_proj, v_proj, gate_proj, ...)
+    target_modules: str | list[str] = "all-linear"
+    exclude_modules: list[str] = Field(default_factory=list)
+
+
+class TrainParams(_Section):
+    """Optimisation knobs every training stage has."""
+
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
+    batch_size: int = Field(8, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(5, gt=0)
+
+
+class SftParams(TrainParams):
+    lora: LoraParams = LoraParams()
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    max_length: int = Field(512, ge=16)
+    packing: bool = False
+    assistant_only_loss: bool = True
+    merge: bool = False
+
+
+class RuntimeParams(_Section):
+    threads: int = Field(0, ge=0, description="0: the cores this process may use")
+
+
+class TrackingParams(_Section):
+    experiment: str = Field("posttrain", min_length=1)
+
+
+class Params(_Section):
+    seed: int = 42
+    model: ModelParams = ModelParams()
+    prompt: PromptParams = PromptParams()
+    data: DataParams
+    sft: SftParams = SftParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    runtime: RuntimeParams = RuntimeParams()
+    tracking: TrackingParams = TrackingParams()
+
+
+def _describe(error: dict, path: str) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{path}: {key}: unknown key (misspelt, or not a knob of this version)"
+    if error["type"] == "missing":
+        return f"{path}: {key}: required key is missing"
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{path}: {key}: {message}{shown}"
+
+
+def parse_params(raw: object, path: str = PARAMS_FILE) -> Params:
+    """Validate an already-loaded params mapping; raise ParamsError with one line per problem."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError("\n".join(_describe(e, path) for e in exc.errors())) from None
+
+
+def read_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the repository root)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    return parse_params(raw, str(path))
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Stage entry point: validated params, or exit 2 with the problem and no traceback."""
+    try:
+        return read_params(path)
+    except ParamsError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None

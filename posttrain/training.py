@@ -1,0 +1,130 @@
+"""What every training stage shares: the base model loaded for LoRA (optionally
+quantised), the LoRA config, TRL's common arguments, and the loss history as a DVC plot.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from posttrain.config import LoraParams, Params, TrainParams
+
+
+def lora_config(lora: LoraParams):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        # Never adapted, always frozen: a MoE router trained by LoRA destabilises expert load.
+        exclude_modules=lora.exclude_modules or None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _disable_cpu_bf16_path(model) -> None:
+    """bitsandbytes 0.50 CPU trap: after any eval-mode no_grad forward, Linear4bit
+    switches to an AVX512-bf16 inference path whose weights training cannot use.
+    Turning the path off on every Linear4bit keeps training working on CPU."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def load_base_for_training(base_dir: str | Path, quantization: str):
+    """The base model for LoRA training: fp32, or 4-/8-bit through bitsandbytes (QLoRA)."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if quantization == "none":
+        return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    from peft import prepare_model_for_kbit_training
+
+    if quantization == "4bit":
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                 bnb_4bit_compute_dtype=torch.float32, bnb_4bit_use_double_quant=True)
+    else:
+        bnb = BitsAndBytesConfig(load_in_8bit=True)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=bnb, dtype=torch.float32)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if quantization == "4bit" and not torch.cuda.is_available():
+        _disable_cpu_bf16_path(model)
+    return model
+
+
+def trainer_arguments(params: Params, train: TrainParams, output_dir: str | Path) -> dict:
+    """Arguments every TRL config of ours shares (SFTConfig, DPOConfig, GRPOConfig...)."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    arguments = dict(
+        output_dir=str(output_dir),
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,  # a float below 1 is a ratio of total steps
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps or -1,
+        per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        seed=params.seed,
+        logging_steps=train.logging_steps,
+        save_strategy="no",  # the stage saves the final adapter itself, atomically
+        report_to=["mlflow"],  # logs into the stage's open MLflow run
+        # CPU: bf16 stays on unless switched off, and is slower here; checkpointing
+        # recomputes activations to save memory a small model does not need.
+        use_cpu=not on_gpu,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        activation_checkpointing=train.gradient_checkpointing,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    return arguments
+
+
+def write_log_history(log_history: list[dict], path: str | Path, keys: list[str]) -> list[dict]:
+    """Trainer's per-step logs as a CSV that dvc.yaml declares as a plot."""
+    rows = [{"step": entry["step"], **{k: entry[k] for k in keys if k in entry}}
+            for entry in log_history if any(k in entry for k in keys)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["step", *keys], restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return rows
+
+
+def fit_to_length(tokenizer, conversation: list[dict], max_length: int) -> list[dict] | None:
+    """Shorten the user turn so the whole conversation fits in max_length tokens.
+
+    Truncating from the end (TRL's default) would cut the answer and its end-of-turn
+    token, the very tokens SFT learns from; we drop words from the start of the user
+    turn instead. None when even the answer alone does not fit.
+    """
+    def length(messages):
+        return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+
+    if length(conversation) <= max_length:
+        return conversation
+    user_index = max(i for i, m in enumerate(conversation) if m["role"] == "user")
+    words = conversation[user_index]["content"].split(" ")
+    low, high = 1, len(words)  # binary search: the fewest words to drop
+    best = None
+    while low <= high:
+        drop = (low + high) // 2
+        trial = [dict(m) for m in conversation]
+        trial[user_index]["content"] = "... " + " ".join(words[drop:])
+        if length(trial) <= max_length:
+            best, high = trial, drop - 1
+        else:
+            low = drop + 1
+    return best

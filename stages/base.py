@@ -1,0 +1,40 @@
+"""Stage `base`: resolve model.source into a normal Hugging Face directory, models/base/.
+
+    PYTHONPATH=. python stages/base.py
+
+Reads params: seed, model, runtime, tracking. The packaged SmolLM2 GGUF is dequantised
+here once, so no later stage pays for it.
+"""
+
+import time
+
+from posttrain.config import load_params
+
+params = load_params()  # fails fast, before torch is imported
+
+from posttrain import runtime, tracking  # noqa: E402
+from posttrain.io import atomic_dir, write_json  # noqa: E402
+from posttrain.models import ModelSourceError, count_parameters, resolve_base, save_checkpoint  # noqa: E402
+
+OUT_DIR = "models/base"
+METRICS_FILE = "metrics/base.json"
+
+runtime.setup(params.runtime, params.seed)
+with tracking.stage_run("base", params, ["seed", "model"]):
+    started = time.perf_counter()
+    try:
+        model, tokenizer = resolve_base(params.model, params.seed)
+    except ModelSourceError as exc:
+        raise SystemExit(str(exc)) from None
+    with atomic_dir(OUT_DIR) as tmp:
+        save_checkpoint(model, tokenizer, tmp)
+    metrics = {
+        "source": params.model.source,
+        "architecture": model.config.architectures[0] if model.config.architectures else type(model).__name__,
+        "parameters": count_parameters(model),
+        "vocab_size": len(tokenizer),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(METRICS_FILE, metrics)
+    tracking.log_metrics({"parameters": metrics["parameters"], "seconds": metrics["seconds"]})
+    print(f"base: {metrics['source']} -> {OUT_DIR} ({metrics['parameters']:,} parameters, {metrics['seconds']} s)")

@@ -1,0 +1,73 @@
+"""Stage `prepare`: GSM splits and safety sets that every later stage reads.
+
+    PYTHONPATH=. python stages/prepare.py
+
+Reads params: seed, data, tracking. Writes data/prepared/
+    sft.jsonl    supervised fine-tuning problems
+    rl.jsonl     prompts for preference sampling and RL
+    test.jsonl   held out: no training stage ever reads it
+    safety_train.jsonl, safety_test.jsonl
+and metrics/data.json (counts, lengths, what was skipped and why).
+"""
+
+import sys
+from collections import Counter
+from statistics import mean
+
+from posttrain.config import load_params
+
+params = load_params()
+
+from posttrain import tracking  # noqa: E402
+from posttrain.data import DataError, prepare_gsm  # noqa: E402
+from posttrain.io import atomic_dir, write_json, write_jsonl  # noqa: E402
+from posttrain.safety import SafetyDataError, load_safety_prompts, split_safety  # noqa: E402
+
+OUT_DIR = "data/prepared"
+METRICS_FILE = "metrics/data.json"
+
+with tracking.stage_run("prepare", params, ["seed", "data"]):
+    try:
+        gsm = prepare_gsm(params.data, params.seed)
+        safety_train, safety_test = split_safety(
+            load_safety_prompts(params.data.safety.source), params.data.safety.test_fraction, params.seed
+        )
+    except (DataError, SafetyDataError) as exc:
+        raise SystemExit(f"prepare: {exc}") from None
+
+    report = gsm.report
+    if report.skipped_total:
+        print(f"prepare: skipped {report.skipped_total} of {report.total} records:", file=sys.stderr)
+        for reason, count in report.skipped.most_common():
+            print(f"  {count:6d}  {reason}", file=sys.stderr)
+        for example in report.examples:
+            print(f"  e.g. {example}", file=sys.stderr)
+
+    splits = {"sft": gsm.sft, "rl": gsm.rl, "test": gsm.test}
+    with atomic_dir(OUT_DIR) as tmp:
+        for name, records in splits.items():
+            write_jsonl(tmp / f"{name}.jsonl", records)
+        write_jsonl(tmp / "safety_train.jsonl", safety_train)
+        write_jsonl(tmp / "safety_test.jsonl", safety_test)
+
+    def kinds(rows):
+        return dict(sorted(Counter(row["kind"] for row in rows).items()))
+
+    metrics = {
+        "source": params.data.source,
+        "records_read": report.total,
+        "skipped": report.skipped_total,
+        "skipped_by_reason": dict(report.skipped.most_common()),
+        "skipped_examples": report.examples,
+        "duplicates_dropped": gsm.duplicates,
+        "splits": {name: len(records) for name, records in splits.items()},
+        "mean_question_words": round(mean(len(r["question"].split()) for r in gsm.sft), 1),
+        "mean_solution_words": round(mean(len(r["solution"].split()) for r in gsm.sft), 1),
+        "mean_reasoning_steps": round(mean(r["reasoning"].count("\n") + 1 for r in gsm.sft), 2),
+        "safety": {"train": kinds(safety_train), "test": kinds(safety_test),
+                   "categories": len({row["category"] for row in safety_train + safety_test})},
+    }
+    write_json(METRICS_FILE, metrics)
+    tracking.log_metrics({k: metrics[k] for k in ("records_read", "skipped", "duplicates_dropped", "splits")})
+    tracking.log_artifact(METRICS_FILE)
+    print(f"prepare: {metrics['splits']} from {params.data.source}; safety {metrics['safety']}")

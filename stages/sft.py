@@ -1,0 +1,100 @@
+"""Stage `sft`: supervised fine-tuning of a LoRA adapter on the SFT split.
+
+    PYTHONPATH=. python stages/sft.py
+
+Reads params: seed, prompt, sft, runtime, tracking. Trains with TRL's SFTTrainer on
+conversations in the base model's own chat template; the loss covers assistant tokens
+only, end-of-turn included, so the model learns to answer in format and to stop.
+Writes the adapter to models/sft/ (with sft.merge, also a standalone merged model in
+models/sft/merged/), the loss per step to metrics/sft/loss.csv, metrics/sft.json.
+"""
+
+import tempfile
+import time
+
+from posttrain.config import load_params
+
+params = load_params()
+
+from posttrain import runtime, tracking  # noqa: E402
+from posttrain.generation import gsm_messages  # noqa: E402
+from posttrain.io import atomic_dir, read_jsonl, write_json  # noqa: E402
+from posttrain.models import BASE_CHECKPOINT, load_tokenizer  # noqa: E402
+from posttrain.training import (  # noqa: E402
+    fit_to_length, load_base_for_training, lora_config, trainer_arguments, write_log_history)
+
+BASE_DIR = f"models/{BASE_CHECKPOINT}"
+OUT_DIR = "models/sft"
+TRAIN_FILE = "data/prepared/sft.jsonl"
+METRICS_FILE = "metrics/sft.json"
+LOSS_PLOT = "metrics/sft/loss.csv"
+cfg = params.sft
+
+threads = runtime.setup(params.runtime, params.seed)
+with tracking.stage_run("sft", params, ["seed", "prompt", "sft"]):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = load_tokenizer(BASE_DIR, padding_side="right")
+    conversations, too_long = [], 0
+    for record in read_jsonl(TRAIN_FILE):
+        messages = gsm_messages(record["question"], params.prompt)
+        messages.append({"role": "assistant", "content": record["solution"]})
+        fitted = fit_to_length(tokenizer, messages, cfg.max_length)
+        if fitted is None:
+            too_long += 1
+        else:
+            conversations.append({"messages": fitted})
+    if too_long:
+        print(f"sft: skipped {too_long} examples whose answer alone exceeds sft.max_length={cfg.max_length}")
+    dataset = Dataset.from_list(conversations)
+
+    # Trainer scratch (logs, no checkpoints) lives outside the DVC output.
+    with atomic_dir(OUT_DIR) as out, tempfile.TemporaryDirectory() as scratch:
+        config = SFTConfig(
+            **trainer_arguments(params, cfg, scratch),
+            max_length=cfg.max_length,
+            packing=cfg.packing,
+            assistant_only_loss=cfg.assistant_only_loss,
+            include_num_input_tokens_seen="non_padding",
+        )
+        trainer = SFTTrainer(
+            model=load_base_for_training(BASE_DIR, cfg.quantization),
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(cfg.lora),
+        )
+        started = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - started
+
+        model = trainer.model
+        model.save_pretrained(out)
+        if cfg.merge:
+            if cfg.quantization != "none":
+                raise SystemExit("sft.merge: merging into a quantised base loses precision; "
+                                 "merge an adapter trained with sft.quantization: none")
+            merged = model.merge_and_unload()
+            merged.save_pretrained(out / "merged")
+            tokenizer.save_pretrained(out / "merged")
+
+    history = write_log_history(trainer.state.log_history, LOSS_PLOT, ["loss", "learning_rate", "grad_norm"])
+    tokens = trainer.state.num_input_tokens_seen
+    trainable, total = model.get_nb_trainable_parameters()
+    metrics = {
+        "examples": len(dataset),
+        "skipped_too_long": too_long,
+        "steps": trainer.state.global_step,
+        "train_loss": round(result.training_loss, 4),
+        "final_loss": history[-1]["loss"] if history else None,
+        "train_tokens": tokens,
+        "tokens_per_second": round(tokens / seconds, 1),
+        "seconds": round(seconds, 1),
+        "trainable_parameters": trainable,
+        "threads": threads,
+    }
+    write_json(METRICS_FILE, metrics)
+    tracking.log_metrics({k: v for k, v in metrics.items() if k != "final_loss"})
+    print(f"sft: {metrics['steps']} steps, loss {metrics['train_loss']}, {metrics['tokens_per_second']} tok/s, "
+          f"{metrics['seconds']} s")

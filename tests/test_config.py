@@ -1,0 +1,70 @@
+"""params.yaml validation: one line naming the key, no traceback, before heavy imports."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from posttrain.config import ParamsError, parse_params, read_params
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def raw():
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_shipped_params_are_valid(raw):
+    params = parse_params(raw)
+    assert params.model.source == "smollm2"
+    assert params.data.source == "synthetic"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r["evaluate"].update(batch_sise=8), "params.yaml: evaluate.batch_sise: unknown key"),
+        (lambda r: r.update(trainer={}), "params.yaml: trainer: unknown key"),
+        (lambda r: r["evaluate"].update(batch_size="big"), "params.yaml: evaluate.batch_size: Input should be a valid integer"),
+        (lambda r: r["data"]["split"].update(test=-5), "params.yaml: data.split.test: Input should be greater than 0 (got -5)"),
+        (lambda r: r["evaluate"].update(temperature=-1.0), "params.yaml: evaluate.temperature: Input should be greater than or equal to 0"),
+        (lambda r: r["data"]["split"].update(sft=5000), "params.yaml: data: split sizes sft+rl+test"),
+        (lambda r: r["data"]["synthetic"].update(operations=["pow"]), "params.yaml: data.synthetic.operations.0: Input should be"),
+        (lambda r: r["data"]["synthetic"].update(min_steps=3, max_steps=2), "params.yaml: data.synthetic: max_steps (2) is below min_steps (3)"),
+        (lambda r: r["prompt"].update(instruction="Solve it."), "params.yaml: prompt: instruction must contain the placeholder {question}"),
+        (lambda r: r["data"].pop("split"), "params.yaml: data.split: required key is missing"),
+    ],
+)
+def test_bad_values_name_the_key(raw, edit, message):
+    edit(raw)
+    with pytest.raises(ParamsError) as info:
+        parse_params(raw)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\ndata:\n  split: [1, 2\n")
+    with pytest.raises(ParamsError, match=r"params.yaml: line \d+: not valid YAML"):
+        read_params(path)
+
+
+def test_stage_exits_with_one_line_and_no_traceback_before_importing_torch(tmp_path, raw):
+    raw["data"]["split"]["rl"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    # The probe fails if torch was imported before the params check rejected the file.
+    probe = (
+        "import sys, runpy\n"
+        "try:\n"
+        f"    runpy.run_path({str(REPO / 'stages' / 'prepare.py')!r}, run_name='__main__')\n"
+        "finally:\n"
+        "    print('torch imported' if 'torch' in sys.modules else 'torch not imported', file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["params.yaml: data.split.rl: Input should be greater than 0 (got 0)", "torch not imported"]
