@@ -31,7 +31,7 @@ class _Section(BaseModel):
 
 
 class TinyModelParams(_Section):
-    architecture: Literal["qwen2", "llama"] = "qwen2"
+    architecture: Literal["qwen2", "llama", "qwen2_moe", "mixtral"] = "qwen2"
     hidden_size: int = Field(64, gt=0)
     num_layers: int = Field(2, gt=0)
     num_heads: int = Field(4, gt=0)
@@ -39,9 +39,13 @@ class TinyModelParams(_Section):
     intermediate_size: int = Field(128, gt=0)
     vocab_size: int = Field(1024, ge=300, description="BPE vocabulary trained locally")
     max_position_embeddings: int = Field(1024, gt=0)
+    num_experts: int = Field(4, gt=0, description="MoE architectures only")
+    num_experts_per_token: int = Field(2, gt=0, description="MoE architectures only")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyModelParams:
+        if self.num_experts_per_token > self.num_experts:
+            raise ValueError("num_experts_per_token exceeds num_experts")
         if self.hidden_size % self.num_heads:
             raise ValueError("hidden_size must be divisible by num_heads")
         if self.num_heads % self.num_kv_heads:
@@ -132,6 +136,9 @@ class LoraParams(_Section):
     dropout: float = Field(0.05, ge=0, lt=1)
     # "all-linear" or a list of module names (q_proj, v_proj, gate_proj, ...)
     target_modules: str | list[str] = "all-linear"
+    # nn.Parameters to adapt directly, e.g. fused MoE expert weights that are not
+    # Linear modules: ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+    target_parameters: list[str] = Field(default_factory=list)
     exclude_modules: list[str] = Field(default_factory=list)
 
 

@@ -72,3 +72,27 @@ def score_safety(prompts: list[dict], completions: list[str]) -> tuple[dict, lis
         "partial_refusal_rate_benign": _rate([r["verdict"] == "partial" for r in benign]),
     }
     return metrics, rows
+
+
+# The numbers a person compares across checkpoints, in scorecard order.
+HEADLINE = ("strict_accuracy", "flexible_accuracy", "format_rate", "refusal_rate", "over_refusal_rate")
+
+
+def headline(evaluation: dict) -> dict[str, float]:
+    """The headline numbers of one metrics/eval/<checkpoint>.json."""
+    merged = {**evaluation["gsm"], **evaluation["safety"]}
+    return {key: merged[key] for key in HEADLINE}
+
+
+def scorecard(rows: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """Each checkpoint's headline numbers with deltas from the first (base) and the previous one."""
+    names = list(rows)
+    card = {}
+    for index, name in enumerate(names):
+        base, previous = rows[names[0]], rows[names[max(index - 1, 0)]]
+        card[name] = {
+            **rows[name],
+            "delta_vs_base": {k: round(rows[name][k] - base[k], 4) for k in HEADLINE},
+            "delta_vs_previous": {k: round(rows[name][k] - previous[k], 4) for k in HEADLINE},
+        }
+    return card

@@ -106,11 +106,10 @@ def tiny_corpus(seed: int) -> list[str]:
 
 def build_tiny(params: TinyModelParams, seed: int):
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM, LlamaConfig, MixtralConfig, Qwen2Config, Qwen2MoeConfig
 
     tokenizer = train_tiny_tokenizer(params.vocab_size, tiny_corpus(seed))
-    config_class = {"qwen2": Qwen2Config, "llama": LlamaConfig}[params.architecture]
-    config = config_class(
+    shape = dict(
         vocab_size=len(tokenizer),
         hidden_size=params.hidden_size,
         intermediate_size=params.intermediate_size,
@@ -123,6 +122,16 @@ def build_tiny(params: TinyModelParams, seed: int):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    experts = params.num_experts, params.num_experts_per_token
+    config = {
+        "qwen2": lambda: Qwen2Config(**shape),
+        "llama": lambda: LlamaConfig(**shape),
+        # Mixture-of-Experts: a router per layer picks experts per token.
+        "qwen2_moe": lambda: Qwen2MoeConfig(**shape, num_experts=experts[0], num_experts_per_tok=experts[1],
+                                            moe_intermediate_size=params.intermediate_size,
+                                            shared_expert_intermediate_size=params.intermediate_size),
+        "mixtral": lambda: MixtralConfig(**shape, num_local_experts=experts[0], num_experts_per_tok=experts[1]),
+    }[params.architecture]()
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     return model, tokenizer

@@ -18,6 +18,7 @@ def lora_config(lora: LoraParams):
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
+        target_parameters=lora.target_parameters or None,
         # Never adapted, always frozen: a MoE router trained by LoRA destabilises expert load.
         exclude_modules=lora.exclude_modules or None,
         bias="none",

@@ -1,0 +1,50 @@
+"""Shared fixtures: a throw-away workspace with the tiny model and prepared data,
+made by the real stage scripts, for tests that run one stage under other params."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from posttrain.profiles import deep_merge, profile_params
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def stage_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PYTHONPATH=str(REPO), POSTTRAIN_THREADS="1",
+               PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}")
+    return env
+
+
+def run_stage(workdir: Path, script: str, *args: str, overrides: dict | None = None, check: bool = True):
+    """Run stages/<script>.py in workdir, with params = smoke profile + overrides."""
+    params = deep_merge(profile_params("smoke", REPO / "params.yaml"), overrides or {})
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = subprocess.run([sys.executable, str(REPO / "stages" / f"{script}.py"), *args], cwd=workdir,
+                            env=stage_env(), capture_output=True, text=True, timeout=900)
+    if check:
+        assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory) -> Path:
+    """models/base (tiny) and data/prepared, made once per test session."""
+    root = tmp_path_factory.mktemp("workspace")
+    run_stage(root, "base")
+    run_stage(root, "prepare")
+    return root
+
+
+@pytest.fixture()
+def workspace(tiny_workspace, tmp_path) -> Path:
+    """A private copy of the tiny workspace that a test may change freely."""
+    root = tmp_path / "ws"
+    shutil.copytree(tiny_workspace, root, ignore=shutil.ignore_patterns("mlflow.db"))
+    return root
