@@ -12,7 +12,6 @@ loading and dataset tokenisation are excluded from both.
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys

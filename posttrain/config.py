@@ -167,6 +167,76 @@ class SftParams(TrainParams):
     merge: bool = False
 
 
+class SamplingParams(_Section):
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(160, gt=0)
+    batch_size: int = Field(32, gt=0)
+
+
+class PreferencesParams(_Section):
+    num_prompts: int = Field(96, gt=0, description="first N prompts of the rl split")
+    samples_per_prompt: int = Field(4, ge=2)
+    sampling: SamplingParams = SamplingParams()
+    when_all_wrong: Literal["skip", "reference"] = "reference"
+    when_all_correct: Literal["skip", "corrupt"] = "corrupt"
+    held_out_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class RewardModelParams(TrainParams):
+    lora: LoraParams = LoraParams()
+    max_length: int = Field(256, ge=16)
+    max_pairs: int | None = Field(None, gt=0, description="train on at most N pairs")
+    histogram_bins: int = Field(20, gt=1)
+
+
+class DpoParams(TrainParams):
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                       "apo_zero", "apo_down", "discopop", "sigmoid_norm"] = "sigmoid"
+    max_length: int = Field(256, ge=16)
+    max_pairs: int | None = Field(None, gt=0, description="train on at most N pairs")
+
+
+class BestOfNParams(_Section):
+    n: int = Field(4, ge=1)
+    policy: str = Field("sft", min_length=1, description="checkpoint whose samples are ranked")
+    sampling: SamplingParams = SamplingParams()
+    limit: int | None = Field(None, gt=0, description="first N test problems")
+
+
+class RewardWeightParams(_Section):
+    exact: float = Field(1.0, ge=0)
+    format: float = Field(0.1, ge=0)
+    reward_model: float = Field(0.0, ge=0)
+    length: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _exact_dominates(self) -> RewardWeightParams:
+        if self.format >= self.exact:
+            raise ValueError("format must be well below exact, or formatting alone pays as much as a right answer")
+        return self
+
+
+class RlParams(_Section):
+    algorithm: Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_ema"] = "grpo"
+    start: Literal["sft", "dpo"] = "sft"
+    num_prompts: int = Field(64, gt=0, description="first N prompts of the rl split")
+    steps: int = Field(8, gt=0)
+    prompts_per_step: int = Field(4, gt=0)
+    num_generations: int = Field(4, ge=1, description="completions per prompt (the group)")
+    temperature: float = Field(0.8, gt=0)
+    max_new_tokens: int = Field(128, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    beta: float = Field(0.0, ge=0, description="KL coefficient to the starting checkpoint")
+    epsilon: float = Field(0.2, gt=0, description="clipping range (GRPO family)")
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    ema_beta: float = Field(0.9, ge=0, lt=1, description="reinforce_ema baseline decay")
+    max_grad_norm: float = Field(1.0, gt=0)
+    reward: RewardWeightParams = RewardWeightParams()
+    logging_steps: int = Field(1, gt=0)
+
+
 class RuntimeParams(_Section):
     threads: int = Field(0, ge=0, description="0: the cores this process may use")
 
@@ -181,6 +251,11 @@ class Params(_Section):
     prompt: PromptParams = PromptParams()
     data: DataParams
     sft: SftParams = SftParams()
+    preferences: PreferencesParams = PreferencesParams()
+    reward_model: RewardModelParams = RewardModelParams()
+    dpo: DpoParams = DpoParams()
+    best_of_n: BestOfNParams = BestOfNParams()
+    rl: RlParams = RlParams()
     evaluate: EvaluateParams = EvaluateParams()
     runtime: RuntimeParams = RuntimeParams()
     tracking: TrackingParams = TrackingParams()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from statistics import mean
 
-from posttrain.gsm import grade
+from posttrain.gsm import grade, numbers_equal
 from posttrain.refusal import classify_refusal
 
 
@@ -96,3 +96,60 @@ def scorecard(rows: dict[str, dict[str, float]]) -> dict[str, dict]:
             "delta_vs_previous": {k: round(rows[name][k] - previous[k], 4) for k in HEADLINE},
         }
     return card
+
+
+def score_texts(reward_model, tokenizer, conversations: list[list[dict]], batch_size: int = 16) -> list[float]:
+    """The reward model's scalar score for each full conversation (prompt and answer)."""
+    import torch
+
+    tokenizer.padding_side = "right"
+    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+    scores: list[float] = []
+    with torch.inference_mode():
+        for first in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[first : first + batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=False)
+            scores += reward_model(**batch).logits[:, 0].float().tolist()
+    return scores
+
+
+def histogram(values: dict[str, list[float]], bins: int) -> list[dict]:
+    """Shared-bin counts of several score lists, rows for a DVC plot: {bin, <name>: count}."""
+    everything = [v for vs in values.values() for v in vs]
+    low, high = min(everything), max(everything)
+    width = (high - low) / bins or 1.0
+    rows = [{"bin": round(low + (i + 0.5) * width, 4), **{name: 0 for name in values}} for i in range(bins)]
+    for name, vs in values.items():
+        for v in vs:
+            rows[min(int((v - low) / width), bins - 1)][name] += 1
+    return rows
+
+
+def majority_vote(answers: list[str | None]) -> str | None:
+    """The most common extracted answer (ties: the one seen first); None if none parsed."""
+    counts: dict[str, int] = {}
+    for answer in answers:
+        if answer is not None:
+            counts[answer] = counts.get(answer, 0) + 1
+    return max(counts, key=counts.get) if counts else None  # dicts keep first-seen order for ties
+
+
+def best_of_n_metrics(references: list[str], samples: list[list[str]], scores: list[list[float]],
+                      greedy_correct: list[bool]) -> dict:
+    """Test-time scaling with N samples per problem: the reward model's top pick, a
+    majority vote over extracted answers, greedy decoding, and pass@N (any sample right)."""
+    rm_pick, vote, any_right = [], [], []
+    for reference, group, group_scores in zip(references, samples, scores, strict=True):
+        grades = [grade(s, reference) for s in group]
+        best = max(range(len(group)), key=lambda i: group_scores[i])
+        rm_pick.append(grades[best].strict_correct)
+        vote.append(numbers_equal(majority_vote([g.strict for g in grades]), reference))
+        any_right.append(any(g.strict_correct for g in grades))
+    return {
+        "n_problems": len(references),
+        "n_samples": len(samples[0]) if samples else 0,
+        "reward_model_top_pick_accuracy": _rate(rm_pick),
+        "majority_vote_accuracy": _rate(vote),
+        "greedy_accuracy": _rate(greedy_correct),
+        "pass_at_n": _rate(any_right),
+    }

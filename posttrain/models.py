@@ -229,3 +229,30 @@ def checkpoint_dirs(name: str, models_dir: str | Path = "models") -> tuple[Path,
     if (directory / "config.json").is_file():
         return directory, None
     raise FileNotFoundError(f"checkpoint {name!r}: {directory} holds neither an adapter nor a model")
+
+
+def load_reward_backbone(base_dir: str | Path, init_adapter_dir: str | Path | None, pad_token_id: int):
+    """A scalar-head (sequence classification) model initialised from a checkpoint:
+    the base with the checkpoint's LoRA adapter merged in; the new head is random."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1, dtype=torch.float32)
+    # The score is read at the last non-pad token, so the model must know the pad id.
+    model.config.pad_token_id = pad_token_id
+    if init_adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, init_adapter_dir).merge_and_unload()
+    return model
+
+
+def load_reward_model(base_dir: str | Path, init_adapter_dir: str | Path | None, reward_dir: str | Path,
+                      pad_token_id: int):
+    """The trained reward model: its backbone plus the reward adapter and score head."""
+    from peft import PeftModel
+
+    backbone = load_reward_backbone(base_dir, init_adapter_dir, pad_token_id)
+    model = PeftModel.from_pretrained(backbone, reward_dir)
+    model.eval()
+    return model

@@ -10,7 +10,8 @@ from pathlib import Path
 from posttrain.config import LoraParams, Params, TrainParams
 
 
-def lora_config(lora: LoraParams):
+def lora_config(lora: LoraParams, task_type: str = "CAUSAL_LM"):
+    """LoRA as params say; task_type SEQ_CLS also trains the new score head in full."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -22,7 +23,7 @@ def lora_config(lora: LoraParams):
         # Never adapted, always frozen: a MoE router trained by LoRA destabilises expert load.
         exclude_modules=lora.exclude_modules or None,
         bias="none",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
 
 
@@ -58,49 +59,61 @@ def load_base_for_training(base_dir: str | Path, quantization: str):
     return model
 
 
-def trainer_arguments(params: Params, train: TrainParams, output_dir: str | Path) -> dict:
+def trainer_arguments_basic(params: Params, output_dir: str | Path, learning_rate: float, max_steps: int | None,
+                            logging_steps: int, max_grad_norm: float) -> dict:
     """Arguments every TRL config of ours shares (SFTConfig, DPOConfig, GRPOConfig...)."""
     import torch
 
     on_gpu = torch.cuda.is_available()
-    arguments = dict(
+    return dict(
         output_dir=str(output_dir),
-        learning_rate=train.learning_rate,
+        learning_rate=learning_rate,
+        max_steps=max_steps or -1,
+        logging_steps=logging_steps,
+        max_grad_norm=max_grad_norm,
+        seed=params.seed,
+        save_strategy="no",  # the stage saves the final adapter itself, atomically
+        report_to=["mlflow"],  # logs into the stage's open MLflow run
+        # CPU: bf16 stays on unless switched off, and is slower here.
+        use_cpu=not on_gpu,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        dataloader_num_workers=0,
+    )
+
+
+def trainer_arguments(params: Params, train: TrainParams, output_dir: str | Path) -> dict:
+    """trainer_arguments_basic plus the optimisation knobs of a TrainParams section."""
+    return dict(
+        **trainer_arguments_basic(params, output_dir, train.learning_rate, train.max_steps, train.logging_steps,
+                                  train.max_grad_norm),
         lr_scheduler_type=train.lr_scheduler,
         warmup_steps=train.warmup_ratio,  # a float below 1 is a ratio of total steps
         num_train_epochs=train.epochs,
-        max_steps=train.max_steps or -1,
         per_device_train_batch_size=train.batch_size,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         weight_decay=train.weight_decay,
-        max_grad_norm=train.max_grad_norm,
-        seed=params.seed,
-        logging_steps=train.logging_steps,
-        save_strategy="no",  # the stage saves the final adapter itself, atomically
-        report_to=["mlflow"],  # logs into the stage's open MLflow run
-        # CPU: bf16 stays on unless switched off, and is slower here; checkpointing
-        # recomputes activations to save memory a small model does not need.
-        use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        # Recomputes activations to save memory, which a small model does not need.
         activation_checkpointing=train.gradient_checkpointing,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
     )
-    return arguments
 
 
-def write_log_history(log_history: list[dict], path: str | Path, keys: list[str]) -> list[dict]:
-    """Trainer's per-step logs as a CSV that dvc.yaml declares as a plot."""
-    rows = [{"step": entry["step"], **{k: entry[k] for k in keys if k in entry}}
-            for entry in log_history if any(k in entry for k in keys)]
+def write_rows_csv(path: str | Path, rows: list[dict]) -> None:
+    """Rows as a CSV (columns from the first row), written atomically: DVC plots read these."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", *keys], restval="")
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step"], restval="")
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(path)
+
+
+def write_log_history(log_history: list[dict], path: str | Path, keys: list[str]) -> list[dict]:
+    """Trainer's per-step logs as a CSV that dvc.yaml declares as a plot."""
+    rows = [{"step": entry["step"], **{k: entry.get(k, "") for k in keys}}
+            for entry in log_history if any(k in entry for k in keys)]
+    write_rows_csv(path, rows or [{"step": "", **{k: "" for k in keys}}])
     return rows
 
 

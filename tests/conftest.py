@@ -48,3 +48,15 @@ def workspace(tiny_workspace, tmp_path) -> Path:
     root = tmp_path / "ws"
     shutil.copytree(tiny_workspace, root, ignore=shutil.ignore_patterns("mlflow.db"))
     return root
+
+
+FAST = {"learning_rate": 5e-3, "warmup_ratio": 0.0, "lr_scheduler": "constant", "logging_steps": 1, "batch_size": 4}
+
+
+@pytest.fixture(scope="session")
+def sft_workspace(tiny_workspace, tmp_path_factory) -> Path:
+    """The tiny workspace plus a (briefly) trained SFT adapter in models/sft."""
+    root = tmp_path_factory.mktemp("sft") / "ws"
+    shutil.copytree(tiny_workspace, root)
+    run_stage(root, "sft", overrides={"sft": {**FAST, "max_steps": 2}})
+    return root

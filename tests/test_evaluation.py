@@ -63,3 +63,26 @@ def test_headline_reads_an_evaluation_file_shape():
                   "safety": {"refusal_rate": 0.7, "over_refusal_rate": 0.1, "n_harmful": 5}}
     assert headline(evaluation) == {"strict_accuracy": 0.2, "flexible_accuracy": 0.3, "format_rate": 0.9,
                                     "refusal_rate": 0.7, "over_refusal_rate": 0.1}
+
+
+def test_majority_vote_and_best_of_n_metrics():
+    from posttrain.evaluation import best_of_n_metrics, majority_vote
+
+    assert majority_vote(["3", None, "4", "4", "3"]) == "3"  # tie: first seen wins
+    assert majority_vote([None, None]) is None
+    samples = [["#### 5", "#### 6", "#### 6"], ["#### 1", "#### 2", "#### 3"]]
+    scores = [[0.9, 0.1, 0.2], [0.0, 0.0, 1.0]]
+    metrics = best_of_n_metrics(["5", "3"], samples, scores, [False, False])
+    assert metrics == {"n_problems": 2, "n_samples": 3, "reward_model_top_pick_accuracy": 1.0,
+                       "majority_vote_accuracy": 0.0, "greedy_accuracy": 0.0, "pass_at_n": 1.0}
+
+
+def test_histogram_counts_every_score_once():
+    from posttrain.evaluation import histogram
+
+    rows = histogram({"chosen": [0.0, 1.0, 2.0, 2.0], "rejected": [-1.0, 0.5]}, bins=3)
+    assert len(rows) == 3
+    assert sum(r["chosen"] for r in rows) == 4 and sum(r["rejected"] for r in rows) == 2
+    # bins of width 1 over [-1, 2]: the maximum lands in the last bin, the minimum in the first
+    assert [r["chosen"] for r in rows] == [0, 1, 3]
+    assert [r["rejected"] for r in rows] == [1, 1, 0]

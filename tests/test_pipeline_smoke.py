@@ -73,6 +73,15 @@ def test_outputs_and_metrics(pipeline):
     rows = [json.loads(line) for line in (root / "data/eval/base.jsonl").open()]
     assert len(rows) == 32 and {r["task"] for r in rows} == {"gsm", "safety"}
 
+    sft = json.loads((root / "metrics/sft.json").read_text())
+    assert sft["steps"] == 4 and sft["train_tokens"] > 0
+    assert (root / "models/sft/adapter_model.safetensors").is_file()
+    card = json.loads((root / "metrics/compare.json").read_text())
+    assert list(card) == ["base", "sft", "dpo", "rl"]
+    sft_eval = json.loads((root / "metrics/eval/sft.json").read_text())
+    assert card["sft"]["delta_vs_base"]["strict_accuracy"] == pytest.approx(
+        sft_eval["gsm"]["strict_accuracy"] - metrics["gsm"]["strict_accuracy"], abs=1e-4)
+
 
 def test_mlflow_has_a_tagged_run_per_stage(pipeline):
     root, _, _ = pipeline
@@ -82,7 +91,8 @@ def test_mlflow_has_a_tagged_run_per_stage(pipeline):
     experiment = client.get_experiment_by_name("posttrain")
     runs = client.search_runs([experiment.experiment_id])
     by_stage = {r.data.tags["posttrain.stage"]: r for r in runs}
-    assert set(by_stage) == {"base", "prepare", "evaluate@base"}
+    assert set(by_stage) == {"base", "prepare", "sft", "preferences", "reward_model", "dpo", "best_of_n", "rl",
+                             "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@rl"}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     for run_ in runs:
         assert run_.info.status == "FINISHED"
@@ -102,5 +112,6 @@ def test_second_repro_does_nothing_and_eval_param_reruns_only_evaluation(pipelin
     params["evaluate"]["max_new_tokens"] = 12
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run(["dvc", "repro"], root, env)
-    ran = [line for line in changed.splitlines() if line.startswith("Running stage")]
-    assert ran == ["Running stage 'evaluate@base':"], changed
+    ran = sorted(line.split("'")[1] for line in changed.splitlines() if line.startswith("Running stage"))
+    # evaluation, and what reads its outputs: the scorecard, and best-of-N (greedy results)
+    assert ran == ["best_of_n", "compare", "evaluate@base", "evaluate@dpo", "evaluate@rl", "evaluate@sft"], changed

@@ -1,7 +1,9 @@
 """SFT: which tokens carry labels, truncation that keeps the answer, and the stage
 itself on the tiny model (LoRA, QLoRA 4-bit on CPU, and a Mixture-of-Experts model)."""
 
+import copy
 import csv
+import functools
 import json
 
 import pytest
@@ -27,11 +29,17 @@ MULTI_TURN = [
 ]
 
 
-def smollm2_tokenizer():
+@functools.cache
+def plain_smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's own tokenizer and chat template, from the packaged GGUF."""
     from transformers import AutoTokenizer
 
     gguf = packaged_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def smollm2_tokenizer():
+    tokenizer = copy.deepcopy(plain_smollm2_tokenizer())
     tokenizer.chat_template = mark_assistant_turns(tokenizer.chat_template)  # what stage `base` does
     return tokenizer
 
@@ -86,15 +94,12 @@ def test_every_assistant_turn_is_labelled_in_a_multi_turn_conversation(tokenizer
 
 
 def test_marked_template_renders_exactly_like_the_original():
-    tokenizer = smollm2_tokenizer()
-    original = (packaged_gguf_path(), None)
-    from transformers import AutoTokenizer
-
-    plain = AutoTokenizer.from_pretrained(original[0].parent, gguf_file=original[0].name)
+    tokenizer, plain = smollm2_tokenizer(), plain_smollm2_tokenizer()
+    assert tokenizer.chat_template != plain.chat_template  # it was rewritten...
     for messages in (CONVERSATION, MULTI_TURN, CONVERSATION[1:2]):
         for add in (False, True):
             assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add) == \
-                plain.apply_chat_template(messages, tokenize=False, add_generation_prompt=add)
+                plain.apply_chat_template(messages, tokenize=False, add_generation_prompt=add)  # ...not changed
 
 
 def test_fit_to_length_shortens_the_question_and_keeps_the_answer():

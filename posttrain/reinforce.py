@@ -1,0 +1,152 @@
+"""REINFORCE with an exponential-moving-average baseline: our own trainer, since no
+library has it.
+
+For each sampled completion y of prompt x with reward R(y):
+
+    advantage   A = R(y) - b_{t-1}
+    loss        L = -(1/B) * sum_i A_i * sum_{t in y_i} log pi_theta(y_i,t | x_i, y_i,<t)
+                    + kl_coef * (1/B) * sum_i sum_t (log pi_theta - log pi_ref)(y_i,t)
+    baseline    b_t = beta * b_{t-1} + (1 - beta) * mean_i R(y_i)     (after the update)
+
+Normalisation: the log-probabilities are summed over each completion's tokens (not
+averaged), then averaged over the B completions of the batch. That is the unbiased
+REINFORCE gradient of the expected sequence reward; averaging over tokens instead
+would weight short completions' tokens more. The baseline is updated only after the
+batch it scored, so it never depends on the samples it is subtracted from and the
+gradient stays unbiased. The KL term (k1 estimator on the sampled tokens) is optional
+and off when kl_coef = 0; the reference is the same model with the adapter disabled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class EmaBaseline:
+    """b_t = beta * b_{t-1} + (1 - beta) * mean(rewards_t), starting from `value`."""
+
+    beta: float = 0.9
+    value: float = 0.0
+
+    def advantages(self, rewards: list[float]) -> list[float]:
+        return [r - self.value for r in rewards]
+
+    def update(self, rewards: list[float]) -> float:
+        if rewards:
+            self.value = self.beta * self.value + (1 - self.beta) * (sum(rewards) / len(rewards))
+        return self.value
+
+
+def completion_logprobs(model, input_ids, attention_mask, completion_mask):
+    """Per-token log pi(y_t | x, y_<t) of the completion tokens (0 elsewhere), shape [B, T-1]."""
+    import torch
+
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return logprobs * completion_mask[:, 1:]
+
+
+def reinforce_loss(token_logprobs, advantages, ref_token_logprobs=None, kl_coef: float = 0.0):
+    """The loss above, and the mean per-sequence KL estimate (0 without a reference)."""
+    import torch
+
+    sequence_logprobs = token_logprobs.sum(dim=-1)
+    loss = -(advantages * sequence_logprobs).mean()
+    kl = torch.zeros((), device=token_logprobs.device)
+    if ref_token_logprobs is not None:
+        kl = (token_logprobs - ref_token_logprobs).sum(dim=-1).mean()
+        if kl_coef:
+            loss = loss + kl_coef * kl
+    return loss, kl.detach()
+
+
+def reinforce_step(model, optimizer, input_ids, attention_mask, completion_mask, rewards: list[float],
+                   baseline: EmaBaseline, kl_coef: float = 0.0, max_grad_norm: float = 1.0) -> dict:
+    """One policy-gradient update on a batch of sampled completions; then the baseline moves."""
+    import torch
+
+    advantages = torch.tensor(baseline.advantages(rewards), dtype=torch.float32, device=input_ids.device)
+    ref = None
+    if kl_coef and hasattr(model, "disable_adapter"):
+        with torch.no_grad(), model.disable_adapter():
+            ref = completion_logprobs(model, input_ids, attention_mask, completion_mask)
+    model.train()
+    token_logprobs = completion_logprobs(model, input_ids, attention_mask, completion_mask)
+    loss, kl = reinforce_loss(token_logprobs, advantages, ref, kl_coef)
+    optimizer.zero_grad()
+    loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    used_baseline = baseline.value
+    baseline.update(rewards)
+    return {"loss": loss.item(), "kl": kl.item(), "grad_norm": grad_norm.item(),
+            "baseline": used_baseline, "mean_advantage": advantages.mean().item()}
+
+
+def sample_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float):
+    """Sample one completion per prompt, keeping the sampled token ids (re-tokenising the
+    decoded text could give other tokens than the ones whose log-probs we train on)."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    model.eval()
+    with torch.no_grad():
+        sequences = model.generate(**batch, do_sample=True, temperature=temperature, top_p=1.0, top_k=None,
+                                   max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    prompt_length = batch["input_ids"].shape[1]
+    completion = sequences[:, prompt_length:]
+    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    is_stop = torch.zeros_like(completion, dtype=torch.bool)
+    for stop in stops:
+        is_stop |= completion == stop
+    # Completion tokens: everything up to and including the first end-of-turn token.
+    after_stop = (is_stop.cumsum(dim=1) - is_stop.long()) > 0
+    completion_mask = (~after_stop).long()
+    attention_mask = torch.cat([batch["attention_mask"], completion_mask], dim=1)
+    full_completion_mask = torch.cat([torch.zeros_like(batch["attention_mask"]), completion_mask], dim=1)
+    texts = tokenizer.batch_decode(completion * completion_mask + tokenizer.pad_token_id * (1 - completion_mask),
+                                   skip_special_tokens=True)
+    return sequences, attention_mask, full_completion_mask, [t.strip() for t in texts], completion_mask.sum(1).tolist()
+
+
+def train_reinforce_ema(model, tokenizer, prompts: list[str], answers: list[str], reward_fn, cfg, log, on_step):
+    """The training loop: each step samples num_generations completions for
+    prompts_per_step prompts (cycling through them), scores them and updates.
+
+    reward_fn(completion, answer, n_tokens) -> (reward, parts); log: a CompletionLog;
+    on_step(step, metrics) receives the per-step metrics for plots and MLflow.
+    """
+    import torch
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate)
+    baseline = EmaBaseline(beta=cfg.ema_beta)
+    order = list(range(len(prompts)))
+    cursor = 0
+    for step in range(cfg.steps):
+        picked = [order[(cursor + i) % len(order)] for i in range(cfg.prompts_per_step)]
+        cursor += cfg.prompts_per_step
+        batch_prompts = [prompts[i] for i in picked for _ in range(cfg.num_generations)]
+        batch_answers = [answers[i] for i in picked for _ in range(cfg.num_generations)]
+        sequences, attention_mask, completion_mask, texts, lengths = sample_batch(
+            model, tokenizer, batch_prompts, cfg.max_new_tokens, cfg.temperature)
+        scored = [reward_fn(t, a, n) for t, a, n in zip(texts, batch_answers, lengths)]
+        rewards = [r for r, _ in scored]
+        log.add(step, texts, batch_answers)
+        stats = reinforce_step(model, optimizer, sequences, attention_mask, completion_mask, rewards, baseline,
+                               kl_coef=cfg.beta, max_grad_norm=cfg.max_grad_norm)
+        groups = [rewards[i : i + cfg.num_generations] for i in range(0, len(rewards), cfg.num_generations)]
+        on_step(step + 1, {
+            "reward": sum(rewards) / len(rewards),
+            "reward_exact": sum(p["exact"] for _, p in scored) / len(scored),
+            "reward_format": sum(p["format"] for _, p in scored) / len(scored),
+            "kl": stats["kl"],
+            "loss": stats["loss"],
+            "baseline": stats["baseline"],
+            "mean_completion_length": sum(lengths) / len(lengths),
+            "frac_reward_zero_std": sum(max(g) == min(g) for g in groups) / len(groups),
+        })

@@ -1,0 +1,115 @@
+"""Stage `rl`: reinforcement learning on the verifiable GSM reward.
+
+    PYTHONPATH=. python stages/rl.py
+
+Reads params: seed, prompt, rl. Starts from the rl.start checkpoint's LoRA adapter
+(sft or dpo) and trains it further with rl.algorithm:
+- grpo, dr_grpo, dapo, gspo: TRL's GRPOTrainer (posttrain/rl.py maps each to its settings);
+- rloo: TRL's RLOOTrainer;
+- reinforce_ema: our REINFORCE with an EMA baseline (posttrain/reinforce.py).
+Every algorithm uses the same reward (posttrain/rewards.py). Writes the adapter to
+models/rl/, per-step reward parts, KL, length and zero-variance share to
+metrics/rl/log.csv (a plot), and metrics/rl.json with the failure-mode monitors.
+"""
+
+import tempfile
+import time
+
+from posttrain.config import load_params
+
+params = load_params()
+
+from posttrain import runtime, tracking  # noqa: E402
+from posttrain.generation import gsm_messages, render_prompts  # noqa: E402
+from posttrain.io import atomic_dir, read_jsonl, write_json  # noqa: E402
+from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
+from posttrain.rewards import RewardWeights, reward_parts, total_reward  # noqa: E402
+from posttrain.rl import CompletionLog, drift_report, trl_algorithm_arguments, trl_reward_functions  # noqa: E402
+from posttrain.training import load_base_for_training, trainer_arguments_basic, write_rows_csv  # noqa: E402
+
+OUT_DIR = "models/rl"
+METRICS_FILE = "metrics/rl.json"
+LOG_PLOT = "metrics/rl/log.csv"
+cfg = params.rl
+weights = RewardWeights(**cfg.reward.model_dump())
+if weights.reward_model:
+    raise SystemExit("rl.reward.reward_model: the reward-model term is not wired into the RL stage yet; set it to 0")
+
+runtime.setup(params.runtime, params.seed)
+with tracking.stage_run("rl", params, ["seed", "prompt", "rl"]):
+    from peft import PeftModel
+
+    records = read_jsonl("data/prepared/rl.jsonl")[: cfg.num_prompts]
+    base_dir, adapter_dir = checkpoint_dirs(cfg.start)
+    tokenizer = load_tokenizer(base_dir)
+    policy = PeftModel.from_pretrained(load_base_for_training(base_dir, "none"), adapter_dir, is_trainable=True)
+    completion_log, history = CompletionLog(), []
+
+    started = time.perf_counter()
+    if cfg.algorithm == "reinforce_ema":
+        from posttrain.reinforce import train_reinforce_ema
+
+        def reward_fn(completion, answer, n_tokens):
+            parts = reward_parts(completion, answer)
+            return total_reward(parts, weights, length_fraction=n_tokens / cfg.max_new_tokens), parts
+
+        def on_step(step, metrics):
+            history.append({"step": step, **{k: round(v, 5) for k, v in metrics.items()}})
+            tracking.log_metrics(metrics, step=step)
+            print(f"rl step {step}/{cfg.steps}: reward {metrics['reward']:.3f} baseline {metrics['baseline']:.3f}")
+
+        prompts = render_prompts(tokenizer, [gsm_messages(r["question"], params.prompt) for r in records])
+        train_reinforce_ema(policy, tokenizer, prompts, [r["answer"] for r in records], reward_fn, cfg,
+                            completion_log, on_step)
+        model = policy
+    else:
+        from datasets import Dataset
+        from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+        dataset = Dataset.from_list([{"prompt": gsm_messages(r["question"], params.prompt), "answer": r["answer"]}
+                                     for r in records])
+        functions, function_weights = trl_reward_functions(weights, completion_log, cfg.max_new_tokens)
+        with tempfile.TemporaryDirectory() as scratch:
+            common = dict(
+                **trainer_arguments_basic(params, scratch, cfg.learning_rate, cfg.steps, cfg.logging_steps,
+                                          cfg.max_grad_norm),
+                per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+                num_generations=cfg.num_generations,
+                max_completion_length=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                beta=cfg.beta,
+                reward_weights=function_weights,
+            )
+            if cfg.algorithm == "rloo":
+                config, trainer_class = RLOOConfig(**common), RLOOTrainer
+            else:
+                config = GRPOConfig(**common, epsilon=cfg.epsilon, **trl_algorithm_arguments(cfg))
+                trainer_class = GRPOTrainer
+            trainer = trainer_class(model=policy, reward_funcs=functions, args=config, train_dataset=dataset,
+                                    processing_class=tokenizer)
+            trainer.train()
+        model = trainer.model
+        for entry in trainer.state.log_history:
+            if "reward" in entry:
+                history.append({"step": entry["step"], **{k: v for k, v in entry.items()
+                                                          if isinstance(v, (int, float)) and k != "step"}})
+    seconds = time.perf_counter() - started
+
+    with atomic_dir(OUT_DIR) as out:
+        model.save_pretrained(out, selected_adapters=["default"])
+    write_rows_csv(LOG_PLOT, history)
+    drift = drift_report(completion_log)
+    metrics = {
+        "algorithm": cfg.algorithm,
+        "start": cfg.start,
+        "steps": cfg.steps,
+        "seconds": round(seconds, 1),
+        "seconds_per_step": round(seconds / cfg.steps, 2),
+        "first_step_reward": history[0].get("reward") if history else None,
+        "last_step_reward": history[-1].get("reward") if history else None,
+        "monitors": drift,
+    }
+    write_json(METRICS_FILE, metrics)
+    tracking.log_metrics({"seconds": seconds, "seconds_per_step": metrics["seconds_per_step"], "monitors": drift})
+    print(f"rl ({cfg.algorithm}): {cfg.steps} steps in {metrics['seconds']} s, reward "
+          f"{metrics['first_step_reward']} -> {metrics['last_step_reward']}")

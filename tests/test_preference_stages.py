@@ -1,0 +1,109 @@
+"""Stages preferences, reward_model, dpo and best_of_n on the tiny model."""
+
+import json
+
+from safetensors.torch import load_file
+
+from posttrain.io import read_jsonl, write_jsonl
+from posttrain.preferences import REFERENCE_VS_SAMPLED
+
+from conftest import run_stage
+
+from conftest import FAST
+
+
+def test_preferences_pair_reference_against_wrong_samples_when_all_are_wrong(sft_workspace):
+    # The tiny model answers nothing right, so every group is all-wrong: the fallback decides.
+    run_stage(sft_workspace, "preferences", overrides={"preferences": {
+        "num_prompts": 8, "samples_per_prompt": 2, "sampling": {"max_new_tokens": 16}}})
+    metrics = json.loads((sft_workspace / "metrics/preferences.json").read_text())
+    assert metrics["prompts"] == 8 and metrics["samples"] == 16
+    assert sum(metrics["groups"].values()) == 8
+    pairs = read_jsonl(sft_workspace / "data/preferences/train.jsonl") + read_jsonl(
+        sft_workspace / "data/preferences/held_out.jsonl")
+    assert len(pairs) == metrics["pairs"]["train"] + metrics["pairs"]["held_out"] > 0
+    by_source = metrics["pairs_by_source"]
+    assert sum(by_source.values()) == len(pairs)
+    references = {r["id"]: r["solution"] for r in read_jsonl(sft_workspace / "data/prepared/rl.jsonl")}
+    for pair in pairs:
+        assert pair["chosen"] != pair["rejected"]
+        if pair["source"] == REFERENCE_VS_SAMPLED:
+            assert pair["chosen"] == references[pair["prompt_id"]]
+
+
+def test_preferences_with_skip_fallbacks_and_no_contrast_fails_clearly(sft_workspace, tmp_path):
+    import shutil
+
+    root = tmp_path / "ws"
+    shutil.copytree(sft_workspace, root)
+    (root / "data/preferences").mkdir(parents=True, exist_ok=True)
+    (root / "data/preferences/train.jsonl").write_text("previous output\n")
+    result = run_stage(root, "preferences", check=False, overrides={"preferences": {
+        "num_prompts": 4, "samples_per_prompt": 2, "sampling": {"max_new_tokens": 8},
+        "when_all_wrong": "skip", "when_all_correct": "skip"}})
+    assert result.returncode != 0
+    assert "preferences: only 0 pairs from 4 prompts" in result.stderr
+    # A failed stage leaves the previous output as it was, never a half-written one.
+    assert (root / "data/preferences/train.jsonl").read_text() == "previous output\n"
+
+
+def crafted_pairs(records):
+    """Easy, learnable preferences: the worked solution over an evasive non-answer."""
+    return [{"prompt_id": r["id"], "question": r["question"], "chosen": r["solution"],
+             "rejected": "I am not sure, maybe ask someone else.", "source": "crafted"} for r in records]
+
+
+def test_reward_model_trained_on_crafted_pairs_ranks_held_out_chosen_higher(sft_workspace, tmp_path):
+    import shutil
+
+    root = tmp_path / "ws"
+    shutil.copytree(sft_workspace, root)
+    records = read_jsonl(root / "data/prepared/sft.jsonl")
+    (root / "data/preferences").mkdir(parents=True, exist_ok=True)
+    write_jsonl(root / "data/preferences/train.jsonl", crafted_pairs(records[:32]))
+    write_jsonl(root / "data/preferences/held_out.jsonl", crafted_pairs(records[32:44]))
+    run_stage(root, "reward_model", overrides={"reward_model": {**FAST, "max_steps": 24}})
+    metrics = json.loads((root / "metrics/reward_model.json").read_text())
+    assert metrics["held_out_pairs"] == 12
+    assert metrics["held_out_accuracy"] >= 0.9, metrics
+    assert metrics["held_out_mean_margin"] > 0
+    histogram = (root / "metrics/reward_model/scores.csv").read_text().splitlines()
+    assert histogram[0] == "bin,chosen,rejected" and len(histogram) == 21
+    assert (root / "models/reward_model/adapter_model.safetensors").is_file()
+
+
+def test_dpo_stage_trains_the_sft_adapter_further(sft_workspace, tmp_path):
+    import shutil
+
+    root = tmp_path / "ws"
+    shutil.copytree(sft_workspace, root)
+    records = read_jsonl(root / "data/prepared/sft.jsonl")
+    (root / "data/preferences").mkdir(parents=True, exist_ok=True)
+    write_jsonl(root / "data/preferences/train.jsonl", crafted_pairs(records[:12]))
+    run_stage(root, "dpo", overrides={"dpo": {**FAST, "max_steps": 3}})
+    metrics = json.loads((root / "metrics/dpo.json").read_text())
+    assert metrics["steps"] == 3 and metrics["pairs"] == 12
+    before = load_file(root / "models/sft/adapter_model.safetensors")
+    after = load_file(root / "models/dpo/adapter_model.safetensors")
+    assert before.keys() == after.keys()  # the policy adapter only, no `ref` copy
+    assert any(not before[k].equal(after[k]) for k in before), "DPO did not change the adapter"
+    config = json.loads((root / "models/dpo/adapter_config.json").read_text())
+    assert config["r"] == json.loads((root / "models/sft/adapter_config.json").read_text())["r"]
+
+
+def test_best_of_n_reports_all_selection_rules(sft_workspace, tmp_path):
+    import shutil
+
+    root = tmp_path / "ws"
+    shutil.copytree(sft_workspace, root)
+    records = read_jsonl(root / "data/prepared/sft.jsonl")
+    (root / "data/preferences").mkdir(parents=True, exist_ok=True)
+    write_jsonl(root / "data/preferences/train.jsonl", crafted_pairs(records[:8]))
+    write_jsonl(root / "data/preferences/held_out.jsonl", crafted_pairs(records[8:12]))
+    run_stage(root, "reward_model", overrides={"reward_model": {**FAST, "max_steps": 2}})
+    run_stage(root, "evaluate", "sft")
+    run_stage(root, "best_of_n", overrides={"best_of_n": {"n": 3, "limit": 6, "sampling": {"max_new_tokens": 12}}})
+    metrics = json.loads((root / "metrics/best_of_n.json").read_text())
+    assert metrics["n_problems"] == 6 and metrics["n_samples"] == 3
+    for key in ("reward_model_top_pick_accuracy", "majority_vote_accuracy", "greedy_accuracy"):
+        assert 0.0 <= metrics[key] <= metrics["pass_at_n"] or key == "greedy_accuracy"
