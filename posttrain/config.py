@@ -141,6 +141,12 @@ class LoraParams(_Section):
     target_parameters: list[str] = Field(default_factory=list)
     exclude_modules: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _parameter_targets_need_no_dropout(self) -> LoraParams:
+        if self.target_parameters and self.dropout:
+            raise ValueError("dropout must be 0 when target_parameters is set (PEFT cannot drop out raw parameters)")
+        return self
+
 
 class TrainParams(_Section):
     """Optimisation knobs every training stage has."""

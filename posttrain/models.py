@@ -241,9 +241,13 @@ def load_reward_backbone(base_dir: str | Path, init_adapter_dir: str | Path | No
     # The score is read at the last non-pad token, so the model must know the pad id.
     model.config.pad_token_id = pad_token_id
     if init_adapter_dir is not None:
-        from peft import PeftModel
+        from peft import PeftConfig, PeftModel
 
-        model = PeftModel.from_pretrained(model, init_adapter_dir).merge_and_unload()
+        # The adapter was trained for causal LM; load it as a plain adapter on this
+        # backbone (the task type only picks the wrapper class) and fold it in.
+        config = PeftConfig.from_pretrained(init_adapter_dir)
+        config.task_type = None
+        model = PeftModel.from_pretrained(model, init_adapter_dir, config=config).merge_and_unload()
     return model
 
 

@@ -119,7 +119,7 @@ def read_loss(workdir):
         return [float(row["loss"]) for row in csv.DictReader(f) if row["loss"]]
 
 
-TRAIN_FAST = {"sft": {"learning_rate": 3e-3, "max_steps": 16, "batch_size": 8, "logging_steps": 1,
+TRAIN_FAST = {"sft": {"learning_rate": 1e-2, "max_steps": 16, "batch_size": 8, "logging_steps": 1,
                       "warmup_ratio": 0.0, "lr_scheduler": "constant"}}
 
 
@@ -127,7 +127,8 @@ def test_sft_stage_trains_a_lora_adapter(workspace):
     run_stage(workspace, "sft", overrides={**TRAIN_FAST, "sft": {**TRAIN_FAST["sft"], "merge": True}})
     losses = read_loss(workspace)
     assert len(losses) == 16
-    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 * 0.9, losses  # it learned something
+    # it learned something: from about ln(vocab) at random init to clearly below it
+    assert sum(losses[-4:]) / 4 < losses[0] - 0.3, losses
     metrics = json.loads((workspace / "metrics/sft.json").read_text())
     assert metrics["steps"] == 16 and metrics["tokens_per_second"] > 0
     assert (workspace / "models/sft/adapter_config.json").is_file()
@@ -149,7 +150,7 @@ def test_moe_model_gets_lora_on_attention_and_experts_with_router_frozen(tiny_wo
     (workdir / "data").symlink_to(tiny_workspace / "data")
     moe = {"model": {"tiny": {"architecture": "qwen2_moe", "num_experts": 4, "num_experts_per_token": 2}}}
     run_stage(workdir, "base", overrides=moe)
-    lora = {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    lora = {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "dropout": 0.0,
             "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}
     run_stage(workdir, "sft", overrides={**moe, "sft": {**TRAIN_FAST["sft"], "max_steps": 4, "lora": lora}})
     with safe_open(workdir / "models/sft/adapter_model.safetensors", "pt") as f:
