@@ -242,6 +242,12 @@ class RlParams(_Section):
     reward: RewardWeightParams = RewardWeightParams()
     logging_steps: int = Field(1, gt=0)
 
+    @model_validator(mode="after")
+    def _groups_need_two(self) -> RlParams:
+        if self.algorithm != "reinforce_ema" and self.num_generations < 2:
+            raise ValueError(f"num_generations must be at least 2 for {self.algorithm}: it normalises within groups")
+        return self
+
 
 class RuntimeParams(_Section):
     threads: int = Field(0, ge=0, description="0: the cores this process may use")

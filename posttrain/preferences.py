@@ -20,8 +20,9 @@ SAMPLED = "sampled"
 REFERENCE_VS_SAMPLED = "reference_vs_sampled"
 SAMPLED_VS_CORRUPTED = "sampled_vs_corrupted"
 
-# "... = 12 stickers" : the result of one arithmetic step.
-STEP_RESULT = re.compile(r"=\s*(-?\d+)")
+# "... = 12 stickers": the whole-number result of one arithmetic step. Not part of a
+# longer number: "= 1,200" or "= 0.2" are left alone (no clean integer to change).
+STEP_RESULT = re.compile(r"=\s*\$?(-?\d+)(?![\d.,]\d)")
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,12 @@ def corrupt_solution(solution: str, rng: random.Random) -> str | None:
     index = step_indices[-1]
     match = list(STEP_RESULT.finditer(lines[index]))[-1]
     right = int(match.group(1))
-    wrong = right + rng.choice([d for d in range(-3, 4) if d and right + d >= 0])
-    # Replace the result everywhere it appears after the "=", keeping the text natural.
+    # A plausible slip: off by 1-3, and non-negative when the right result is.
+    wrong = right + rng.choice([d for d in range(-3, 4) if d and (right < 0 or right + d >= 0)])
+    # Repeats of the result later on the line change too (whole numbers only, not "112").
     before, after = lines[index][: match.start(1)], lines[index][match.end(1):]
-    lines[index] = before + str(wrong) + after.replace(str(right), str(wrong))
+    after = re.sub(rf"(?<![\d.,]){right}(?![\d.,]\d|\d)", str(wrong), after)
+    lines[index] = before + str(wrong) + after
     corrupted = [line for line in lines if not line.startswith("####")] + [f"#### {wrong}"]
     return "\n".join(corrupted)
 

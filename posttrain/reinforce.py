@@ -13,8 +13,10 @@ averaged), then averaged over the B completions of the batch. That is the unbias
 REINFORCE gradient of the expected sequence reward; averaging over tokens instead
 would weight short completions' tokens more. The baseline is updated only after the
 batch it scored, so it never depends on the samples it is subtracted from and the
-gradient stays unbiased. The KL term (k1 estimator on the sampled tokens) is optional
-and off when kl_coef = 0; the reference is the same model with the adapter disabled.
+gradient stays unbiased. Log-probabilities are those of the sampling distribution
+(logits / temperature). The KL term (k1 estimator on the sampled tokens) is optional
+and off when kl_coef = 0; the reference is the starting checkpoint, held as a frozen
+second adapter "ref" on the same base model (as TRL does for GRPO).
 """
 
 from __future__ import annotations
@@ -38,11 +40,15 @@ class EmaBaseline:
         return self.value
 
 
-def completion_logprobs(model, input_ids, attention_mask, completion_mask):
-    """Per-token log pi(y_t | x, y_<t) of the completion tokens (0 elsewhere), shape [B, T-1]."""
+def completion_logprobs(model, input_ids, attention_mask, completion_mask, temperature: float = 1.0):
+    """Per-token log pi(y_t | x, y_<t) of the completion tokens (0 elsewhere), shape [B, T-1].
+
+    The logits are divided by the sampling temperature: the gradient must be that of
+    the distribution the completions were actually sampled from.
+    """
     import torch
 
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float() / temperature
     targets = input_ids[:, 1:]
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return logprobs * completion_mask[:, 1:]
@@ -62,18 +68,30 @@ def reinforce_loss(token_logprobs, advantages, ref_token_logprobs=None, kl_coef:
     return loss, kl.detach()
 
 
+REFERENCE_ADAPTER = "ref"
+
+
 def reinforce_step(model, optimizer, input_ids, attention_mask, completion_mask, rewards: list[float],
-                   baseline: EmaBaseline, kl_coef: float = 0.0, max_grad_norm: float = 1.0) -> dict:
-    """One policy-gradient update on a batch of sampled completions; then the baseline moves."""
+                   baseline: EmaBaseline, kl_coef: float = 0.0, max_grad_norm: float = 1.0,
+                   temperature: float = 1.0) -> dict:
+    """One policy-gradient update on a batch of sampled completions; then the baseline moves.
+
+    With kl_coef > 0 the model must hold a frozen adapter named "ref" (the starting
+    checkpoint, as TRL does for GRPO); the KL is taken against it.
+    """
     import torch
 
     advantages = torch.tensor(baseline.advantages(rewards), dtype=torch.float32, device=input_ids.device)
     ref = None
-    if kl_coef and hasattr(model, "disable_adapter"):
-        with torch.no_grad(), model.disable_adapter():
-            ref = completion_logprobs(model, input_ids, attention_mask, completion_mask)
-    model.train()
-    token_logprobs = completion_logprobs(model, input_ids, attention_mask, completion_mask)
+    if kl_coef:
+        model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)  # stays frozen
+        with torch.no_grad():
+            ref = completion_logprobs(model, input_ids, attention_mask, completion_mask, temperature)
+        model.set_adapter("default")
+    # Eval mode (gradients still flow): LoRA dropout would make the log-probs those of
+    # a perturbed policy, not of the one the completions were sampled from.
+    model.eval()
+    token_logprobs = completion_logprobs(model, input_ids, attention_mask, completion_mask, temperature)
     loss, kl = reinforce_loss(token_logprobs, advantages, ref, kl_coef)
     optimizer.zero_grad()
     loss.backward()
@@ -113,17 +131,22 @@ def sample_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, temp
     return sequences, attention_mask, full_completion_mask, [t.strip() for t in texts], completion_mask.sum(1).tolist()
 
 
-def train_reinforce_ema(model, tokenizer, prompts: list[str], answers: list[str], reward_fn, cfg, log, on_step):
+def train_reinforce_ema(model, tokenizer, prompts: list[str], answers: list[str], reward_fn, cfg, log, on_step,
+                        start_adapter_dir=None):
     """The training loop: each step samples num_generations completions for
     prompts_per_step prompts (cycling through them), scores them and updates.
 
     reward_fn(completion, answer, n_tokens) -> (reward, parts); log: a CompletionLog;
     on_step(step, metrics) receives the per-step metrics for plots and MLflow.
+    Constant learning rate and no weight decay, as the TRL algorithms are configured.
     """
     import torch
 
+    if cfg.beta:
+        model.load_adapter(start_adapter_dir, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        model.set_adapter("default")
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate)
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0)
     baseline = EmaBaseline(beta=cfg.ema_beta)
     order = list(range(len(prompts)))
     cursor = 0
@@ -138,7 +161,7 @@ def train_reinforce_ema(model, tokenizer, prompts: list[str], answers: list[str]
         rewards = [r for r, _ in scored]
         log.add(step, texts, batch_answers)
         stats = reinforce_step(model, optimizer, sequences, attention_mask, completion_mask, rewards, baseline,
-                               kl_coef=cfg.beta, max_grad_norm=cfg.max_grad_norm)
+                               kl_coef=cfg.beta, max_grad_norm=cfg.max_grad_norm, temperature=cfg.temperature)
         groups = [rewards[i : i + cfg.num_generations] for i in range(0, len(rewards), cfg.num_generations)]
         on_step(step + 1, {
             "reward": sum(rewards) / len(rewards),

@@ -78,22 +78,25 @@ def trainer_arguments_basic(params: Params, output_dir: str | Path, learning_rat
         use_cpu=not on_gpu,
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         dataloader_num_workers=0,
+        # TRL configs turn checkpointing on by default; it recomputes activations to
+        # save memory a small model does not need, at a large cost in speed.
+        activation_checkpointing=False,
     )
 
 
 def trainer_arguments(params: Params, train: TrainParams, output_dir: str | Path) -> dict:
     """trainer_arguments_basic plus the optimisation knobs of a TrainParams section."""
+    arguments = trainer_arguments_basic(params, output_dir, train.learning_rate, train.max_steps,
+                                        train.logging_steps, train.max_grad_norm)
+    arguments["activation_checkpointing"] = train.gradient_checkpointing
     return dict(
-        **trainer_arguments_basic(params, output_dir, train.learning_rate, train.max_steps, train.logging_steps,
-                                  train.max_grad_norm),
+        **arguments,
         lr_scheduler_type=train.lr_scheduler,
         warmup_steps=train.warmup_ratio,  # a float below 1 is a ratio of total steps
         num_train_epochs=train.epochs,
         per_device_train_batch_size=train.batch_size,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         weight_decay=train.weight_decay,
-        # Recomputes activations to save memory, which a small model does not need.
-        activation_checkpointing=train.gradient_checkpointing,
     )
 
 

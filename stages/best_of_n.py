@@ -28,6 +28,9 @@ with tracking.stage_run("best_of_n", params, ["seed", "prompt", "best_of_n"]):
     problems = read_jsonl("data/prepared/test.jsonl")[: cfg.limit]
     greedy = {row["id"]: row["strict_correct"] for row in read_jsonl(f"data/eval/{cfg.policy}.jsonl")
               if row["task"] == "gsm"}
+    if missing := [p["id"] for p in problems if p["id"] not in greedy]:
+        raise SystemExit(f"best_of_n.limit: {len(missing)} of its {len(problems)} problems have no greedy result in "
+                         f"data/eval/{cfg.policy}.jsonl (evaluate.gsm_limit is smaller); lower best_of_n.limit")
     base_dir, adapter_dir = checkpoint_dirs(cfg.policy)
     tokenizer = load_tokenizer(base_dir)
     policy = load_causal_lm(base_dir, adapter_dir)

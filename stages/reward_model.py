@@ -72,7 +72,7 @@ with tracking.stage_run("reward_model", params, ["seed", "prompt", "reward_model
     write_rows_csv(SCORES_PLOT, histogram({"chosen": chosen, "rejected": rejected}, cfg.histogram_bins))
     write_log_history(trainer.state.log_history, LOSS_PLOT, ["loss", "accuracy", "margin"])
     metrics = {
-        "train_pairs": len(train_pairs),
+        "train_pairs": len(trainer.train_dataset),  # after TRL drops pairs longer than max_length
         "held_out_pairs": len(held_out),
         "held_out_accuracy": round(sum(m > 0 for m in margins) / len(margins), 4),
         "held_out_mean_margin": round(mean(margins), 4),

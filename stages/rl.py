@@ -60,7 +60,7 @@ with tracking.stage_run("rl", params, ["seed", "prompt", "rl"]):
 
         prompts = render_prompts(tokenizer, [gsm_messages(r["question"], params.prompt) for r in records])
         train_reinforce_ema(policy, tokenizer, prompts, [r["answer"] for r in records], reward_fn, cfg,
-                            completion_log, on_step)
+                            completion_log, on_step, start_adapter_dir=adapter_dir)
         model = policy
     else:
         from datasets import Dataset
@@ -79,6 +79,8 @@ with tracking.stage_run("rl", params, ["seed", "prompt", "rl"]):
                 temperature=cfg.temperature,
                 beta=cfg.beta,
                 reward_weights=function_weights,
+                lr_scheduler_type="constant",  # as reinforce_ema, so the algorithms compare fairly
+                weight_decay=0.0,
             )
             if cfg.algorithm == "rloo":
                 config, trainer_class = RLOOConfig(**common), RLOOTrainer

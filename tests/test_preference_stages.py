@@ -12,18 +12,23 @@ from conftest import run_stage
 from conftest import FAST
 
 
-def test_preferences_pair_reference_against_wrong_samples_when_all_are_wrong(sft_workspace):
+def test_preferences_pair_reference_against_wrong_samples_when_all_are_wrong(sft_workspace, tmp_path):
+    import shutil
+
     # The tiny model answers nothing right, so every group is all-wrong: the fallback decides.
+    root = tmp_path / "ws"
+    shutil.copytree(sft_workspace, root)
+    sft_workspace = root
     run_stage(sft_workspace, "preferences", overrides={"preferences": {
         "num_prompts": 8, "samples_per_prompt": 2, "sampling": {"max_new_tokens": 16}}})
     metrics = json.loads((sft_workspace / "metrics/preferences.json").read_text())
     assert metrics["prompts"] == 8 and metrics["samples"] == 16
-    assert sum(metrics["groups"].values()) == 8
+    assert metrics["groups"] == {"all_wrong": 8}
     pairs = read_jsonl(sft_workspace / "data/preferences/train.jsonl") + read_jsonl(
         sft_workspace / "data/preferences/held_out.jsonl")
     assert len(pairs) == metrics["pairs"]["train"] + metrics["pairs"]["held_out"] > 0
     by_source = metrics["pairs_by_source"]
-    assert sum(by_source.values()) == len(pairs)
+    assert set(by_source) == {REFERENCE_VS_SAMPLED} and sum(by_source.values()) == len(pairs)
     references = {r["id"]: r["solution"] for r in read_jsonl(sft_workspace / "data/prepared/rl.jsonl")}
     for pair in pairs:
         assert pair["chosen"] != pair["rejected"]

@@ -74,3 +74,16 @@ def test_split_by_prompt_keeps_each_prompt_on_one_side():
     assert len(train) + len(held_out) == 40
     assert not {p.prompt_id for p in train} & {p.prompt_id for p in held_out}
     assert len({p.prompt_id for p in held_out}) == 2
+
+
+def test_corrupt_solution_leaves_other_numbers_and_negative_results_sound():
+    solution = "She has 10 - 8 = 2 pens, and 12 pencils.\n#### 2"
+    corrupted = corrupt_solution(solution, random.Random(1))
+    wrong = corrupted.split("#### ")[1]
+    assert "12 pencils" in corrupted  # the 2 inside 12 is not the result
+    assert corrupted.startswith(f"She has 10 - 8 = {wrong} pens")
+    negative = corrupt_solution("It fell 3 - 10 = -7 degrees.\n#### -7", random.Random(0))
+    assert negative is not None and negative.split("#### ")[1] != "-7"
+    # "= 1,200" and "= 0.2" are not whole-number step results: nothing to corrupt
+    assert corrupt_solution("He paid 1,000 + 200 = 1,200 dollars.\n#### 1200", random.Random(0)) is None
+    assert corrupt_solution("Each is 1 / 5 = 0.2 kg.\n#### 0.2", random.Random(0)) is None

@@ -101,7 +101,7 @@ def test_reinforce_ema_raises_the_probability_of_the_rewarded_token():
         completion_mask = torch.tensor([[0, 1]]).repeat(32, 1)
         rewards = [float(t == 5) for t in tokens.tolist()]
         stats = reinforce_step(model, optimizer, input_ids, torch.ones_like(input_ids), completion_mask, rewards,
-                               baseline, kl_coef=0.01)
+                               baseline)
     after = p_target()
     assert before < 0.3
     assert after > 0.8, (before, after)

@@ -17,7 +17,10 @@ RL_FAST = {"num_prompts": 4, "steps": 2, "prompts_per_step": 2, "num_generations
 def test_rl_stage_trains_and_logs(sft_workspace, tmp_path, algorithm):
     root = tmp_path / "ws"
     shutil.copytree(sft_workspace, root)
-    run_stage(root, "rl", overrides={"rl": {**RL_FAST, "algorithm": algorithm}})
+    # The tiny model never answers right, so exact and format rewards are all 0; a
+    # length penalty gives rewards that differ between samples, hence a gradient.
+    reward = {"exact": 1.0, "format": 0.1, "length": 0.5}
+    run_stage(root, "rl", overrides={"rl": {**RL_FAST, "algorithm": algorithm, "reward": reward}})
     metrics = json.loads((root / "metrics/rl.json").read_text())
     assert metrics["algorithm"] == algorithm and metrics["steps"] == 2
     monitors = metrics["monitors"]
@@ -29,9 +32,15 @@ def test_rl_stage_trains_and_logs(sft_workspace, tmp_path, algorithm):
     before = load_file(root / "models/sft/adapter_model.safetensors")
     after = load_file(root / "models/rl/adapter_model.safetensors")
     assert before.keys() == after.keys()
-    if algorithm == "reinforce_ema":
-        # all-zero rewards give zero advantages at the start; the baseline is logged per step
+    if algorithm != "reinforce_ema":
+        # Every sample of the tiny model runs to the token limit, so each group's rewards
+        # are equal: group-normalised advantages are 0, and the monitor must say so.
+        assert all(float(row["frac_reward_zero_std"]) == 1.0 for row in rows)
+    else:
+        # The EMA baseline starts at 0, so even equal rewards give a non-zero advantage.
+        assert any(not before[k].equal(after[k]) for k in before), "RL did not change the adapter"
         assert {"baseline", "reward_exact", "reward_format", "frac_reward_zero_std"} <= set(rows[0])
+        assert float(rows[1]["baseline"]) != 0.0  # moved after the first batch
 
 
 def test_unknown_algorithm_is_rejected_before_any_work(sft_workspace, tmp_path):
@@ -40,3 +49,16 @@ def test_unknown_algorithm_is_rejected_before_any_work(sft_workspace, tmp_path):
     result = run_stage(root, "rl", check=False, overrides={"rl": {"algorithm": "ppo"}})
     assert result.returncode == 2
     assert result.stderr.startswith("params.yaml: rl.algorithm: Input should be")
+
+
+def test_reinforce_ema_with_kl_to_the_starting_adapter(sft_workspace, tmp_path):
+    root = tmp_path / "ws"
+    shutil.copytree(sft_workspace, root)
+    reward = {"exact": 1.0, "format": 0.1, "length": 0.5}
+    run_stage(root, "rl", overrides={"rl": {**RL_FAST, "algorithm": "reinforce_ema", "beta": 0.1, "reward": reward}})
+    with open(root / "metrics/rl/log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert abs(float(rows[0]["kl"])) < 1e-6  # the first step's policy is the starting policy itself
+    assert float(rows[1]["kl"]) != 0.0  # after one update the policy has moved away from "ref"
+    saved = load_file(root / "models/rl/adapter_model.safetensors")
+    assert not any(".ref." in k for k in saved), "only the trained adapter is saved"
