@@ -25,5 +25,10 @@ repro: $(STAMP)
 test: $(STAMP)
 	$(RUN) python -m pytest
 
+# Throughput against plain TRL scripts; needs the pipeline's models and data (make repro).
+bench: $(STAMP)
+	$(RUN) PYTHONPATH=. python bench/sft_throughput.py
+	$(RUN) PYTHONPATH=. python bench/rl_step_time.py
+
 clean-venv:
 	rm -rf $(VENV)
