@@ -136,7 +136,8 @@ def train_reinforce_ema(model, tokenizer, prompts: list[str], answers: list[str]
     """The training loop: each step samples num_generations completions for
     prompts_per_step prompts (cycling through them), scores them and updates.
 
-    reward_fn(completion, answer, n_tokens) -> (reward, parts); log: a CompletionLog;
+    reward_fn(completions, answers, n_tokens, prompt_indices) -> [(reward, parts)] for a
+    batch (batched so a reward-model term scores it in one pass); log: a CompletionLog;
     on_step(step, metrics) receives the per-step metrics for plots and MLflow.
     Constant learning rate and no weight decay, as the TRL algorithms are configured.
     """
@@ -157,7 +158,7 @@ def train_reinforce_ema(model, tokenizer, prompts: list[str], answers: list[str]
         batch_answers = [answers[i] for i in picked for _ in range(cfg.num_generations)]
         sequences, attention_mask, completion_mask, texts, lengths = sample_batch(
             model, tokenizer, batch_prompts, cfg.max_new_tokens, cfg.temperature)
-        scored = [reward_fn(t, a, n) for t, a, n in zip(texts, batch_answers, lengths)]
+        scored = reward_fn(texts, batch_answers, lengths, [i for i in picked for _ in range(cfg.num_generations)])
         rewards = [r for r, _ in scored]
         log.add(step, texts, batch_answers)
         stats = reinforce_step(model, optimizer, sequences, attention_mask, completion_mask, rewards, baseline,
@@ -167,6 +168,7 @@ def train_reinforce_ema(model, tokenizer, prompts: list[str], answers: list[str]
             "reward": sum(rewards) / len(rewards),
             "reward_exact": sum(p["exact"] for _, p in scored) / len(scored),
             "reward_format": sum(p["format"] for _, p in scored) / len(scored),
+            "reward_model_score": sum(p.get("reward_model", 0.0) for _, p in scored) / len(scored),
             "kl": stats["kl"],
             "loss": stats["loss"],
             "baseline": stats["baseline"],

@@ -28,9 +28,11 @@ def _text(completion) -> str:
     return completion[0]["content"] if isinstance(completion, list) else completion
 
 
-def trl_reward_functions(weights: RewardWeights, log: CompletionLog, max_completion_length: int):
+def trl_reward_functions(weights: RewardWeights, log: CompletionLog, max_completion_length: int,
+                         reward_model_scorer=None):
     """Reward functions and their weights for TRL's GRPOTrainer / RLOOTrainer:
-    sum(w_i * f_i) is exactly posttrain.rewards.total_reward, and TRL logs each part."""
+    sum(w_i * f_i) is exactly posttrain.rewards.total_reward, and TRL logs each part.
+    reward_model_scorer(conversations) -> scores is needed when weights.reward_model > 0."""
 
     def exact(completions, answer, trainer_state, **_):
         texts = [_text(c) for c in completions]
@@ -47,6 +49,12 @@ def trl_reward_functions(weights: RewardWeights, log: CompletionLog, max_complet
 
         functions.append(length)
         function_weights.append(weights.length)
+    if weights.reward_model:
+        def reward_model(prompts, completions, **_):
+            return reward_model_scorer([list(p) + list(c) for p, c in zip(prompts, completions)])
+
+        functions.append(reward_model)
+        function_weights.append(weights.reward_model)
     return functions, function_weights
 
 

@@ -32,8 +32,8 @@ METRICS_FILE = "metrics/rl.json"
 LOG_PLOT = "metrics/rl/log.csv"
 cfg = params.rl
 weights = RewardWeights(**cfg.reward.model_dump())
-if weights.reward_model:
-    raise SystemExit("rl.reward.reward_model: the reward-model term is not wired into the RL stage yet; set it to 0")
+REWARD_MODEL_DIR = "models/reward_model"
+REWARD_INIT_CHECKPOINT = "sft"  # the reward model's backbone (see stages/reward_model.py)
 
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("rl", params, ["seed", "prompt", "rl"]):
@@ -44,14 +44,35 @@ with tracking.stage_run("rl", params, ["seed", "prompt", "rl"]):
     tokenizer = load_tokenizer(base_dir)
     policy = PeftModel.from_pretrained(load_base_for_training(base_dir, "none"), adapter_dir, is_trainable=True)
     completion_log, history = CompletionLog(), []
+    score_with_reward_model = None
+    if weights.reward_model:  # optional term: the reward model's score of (prompt, completion)
+        from posttrain.evaluation import score_texts
+        from posttrain.models import load_reward_model
+
+        reward_base, reward_init = checkpoint_dirs(REWARD_INIT_CHECKPOINT)
+        reward_model = load_reward_model(reward_base, reward_init, REWARD_MODEL_DIR, tokenizer.pad_token_id)
+
+        def score_with_reward_model(conversations):
+            scores = score_texts(reward_model, tokenizer, conversations)
+            tokenizer.padding_side = "left"  # score_texts pads right; generation pads left
+            return scores
 
     started = time.perf_counter()
     if cfg.algorithm == "reinforce_ema":
         from posttrain.reinforce import train_reinforce_ema
 
-        def reward_fn(completion, answer, n_tokens):
-            parts = reward_parts(completion, answer)
-            return total_reward(parts, weights, length_fraction=n_tokens / cfg.max_new_tokens), parts
+        def reward_fn(completions, answers, n_tokens, prompt_indices):
+            rm_scores = [None] * len(completions)
+            if score_with_reward_model:
+                rm_scores = score_with_reward_model([
+                    gsm_messages(records[i]["question"], params.prompt) + [{"role": "assistant", "content": c}]
+                    for c, i in zip(completions, prompt_indices)])
+            scored = []
+            for completion, answer, n, rm in zip(completions, answers, n_tokens, rm_scores):
+                parts = reward_parts(completion, answer)
+                reward = total_reward(parts, weights, reward_model_score=rm, length_fraction=n / cfg.max_new_tokens)
+                scored.append((reward, {**parts, "reward_model": rm or 0.0}))
+            return scored
 
         def on_step(step, metrics):
             history.append({"step": step, **{k: round(v, 5) for k, v in metrics.items()}})
@@ -68,7 +89,8 @@ with tracking.stage_run("rl", params, ["seed", "prompt", "rl"]):
 
         dataset = Dataset.from_list([{"prompt": gsm_messages(r["question"], params.prompt), "answer": r["answer"]}
                                      for r in records])
-        functions, function_weights = trl_reward_functions(weights, completion_log, cfg.max_new_tokens)
+        functions, function_weights = trl_reward_functions(weights, completion_log, cfg.max_new_tokens,
+                                                           score_with_reward_model)
         with tempfile.TemporaryDirectory() as scratch:
             common = dict(
                 **trainer_arguments_basic(params, scratch, cfg.learning_rate, cfg.steps, cfg.logging_steps,

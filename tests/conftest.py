@@ -60,3 +60,19 @@ def sft_workspace(tiny_workspace, tmp_path_factory) -> Path:
     shutil.copytree(tiny_workspace, root)
     run_stage(root, "sft", overrides={"sft": {**FAST, "max_steps": 2}})
     return root
+
+
+def copy_with_crafted_pairs(source: Path, destination: Path, n_train: int, n_held_out: int = 0) -> Path:
+    """A copy of a workspace whose data/preferences hold easy, learnable pairs: the
+    worked solution (chosen) over an evasive non-answer (rejected)."""
+    from posttrain.io import read_jsonl, write_jsonl
+
+    shutil.copytree(source, destination)
+    records = read_jsonl(destination / "data/prepared/sft.jsonl")
+    pairs = [{"prompt_id": r["id"], "question": r["question"], "chosen": r["solution"],
+              "rejected": "I am not sure, maybe ask someone else.", "source": "crafted"}
+             for r in records[: n_train + n_held_out]]
+    (destination / "data/preferences").mkdir(parents=True, exist_ok=True)
+    write_jsonl(destination / "data/preferences/train.jsonl", pairs[:n_train])
+    write_jsonl(destination / "data/preferences/held_out.jsonl", pairs[n_train:])
+    return destination

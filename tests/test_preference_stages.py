@@ -4,12 +4,12 @@ import json
 
 from safetensors.torch import load_file
 
-from posttrain.io import read_jsonl, write_jsonl
+from posttrain.io import read_jsonl
 from posttrain.preferences import REFERENCE_VS_SAMPLED
 
 from conftest import run_stage
 
-from conftest import FAST
+from conftest import FAST, copy_with_crafted_pairs
 
 
 def test_preferences_pair_reference_against_wrong_samples_when_all_are_wrong(sft_workspace, tmp_path):
@@ -52,21 +52,8 @@ def test_preferences_with_skip_fallbacks_and_no_contrast_fails_clearly(sft_works
     assert (root / "data/preferences/train.jsonl").read_text() == "previous output\n"
 
 
-def crafted_pairs(records):
-    """Easy, learnable preferences: the worked solution over an evasive non-answer."""
-    return [{"prompt_id": r["id"], "question": r["question"], "chosen": r["solution"],
-             "rejected": "I am not sure, maybe ask someone else.", "source": "crafted"} for r in records]
-
-
 def test_reward_model_trained_on_crafted_pairs_ranks_held_out_chosen_higher(sft_workspace, tmp_path):
-    import shutil
-
-    root = tmp_path / "ws"
-    shutil.copytree(sft_workspace, root)
-    records = read_jsonl(root / "data/prepared/sft.jsonl")
-    (root / "data/preferences").mkdir(parents=True, exist_ok=True)
-    write_jsonl(root / "data/preferences/train.jsonl", crafted_pairs(records[:32]))
-    write_jsonl(root / "data/preferences/held_out.jsonl", crafted_pairs(records[32:44]))
+    root = copy_with_crafted_pairs(sft_workspace, tmp_path / "ws", n_train=32, n_held_out=12)
     run_stage(root, "reward_model", overrides={"reward_model": {**FAST, "max_steps": 24}})
     metrics = json.loads((root / "metrics/reward_model.json").read_text())
     assert metrics["held_out_pairs"] == 12
@@ -78,13 +65,7 @@ def test_reward_model_trained_on_crafted_pairs_ranks_held_out_chosen_higher(sft_
 
 
 def test_dpo_stage_trains_the_sft_adapter_further(sft_workspace, tmp_path):
-    import shutil
-
-    root = tmp_path / "ws"
-    shutil.copytree(sft_workspace, root)
-    records = read_jsonl(root / "data/prepared/sft.jsonl")
-    (root / "data/preferences").mkdir(parents=True, exist_ok=True)
-    write_jsonl(root / "data/preferences/train.jsonl", crafted_pairs(records[:12]))
+    root = copy_with_crafted_pairs(sft_workspace, tmp_path / "ws", n_train=12)
     run_stage(root, "dpo", overrides={"dpo": {**FAST, "max_steps": 3}})
     metrics = json.loads((root / "metrics/dpo.json").read_text())
     assert metrics["steps"] == 3 and metrics["pairs"] == 12
@@ -97,14 +78,7 @@ def test_dpo_stage_trains_the_sft_adapter_further(sft_workspace, tmp_path):
 
 
 def test_best_of_n_reports_all_selection_rules(sft_workspace, tmp_path):
-    import shutil
-
-    root = tmp_path / "ws"
-    shutil.copytree(sft_workspace, root)
-    records = read_jsonl(root / "data/prepared/sft.jsonl")
-    (root / "data/preferences").mkdir(parents=True, exist_ok=True)
-    write_jsonl(root / "data/preferences/train.jsonl", crafted_pairs(records[:8]))
-    write_jsonl(root / "data/preferences/held_out.jsonl", crafted_pairs(records[8:12]))
+    root = copy_with_crafted_pairs(sft_workspace, tmp_path / "ws", n_train=8, n_held_out=4)
     run_stage(root, "reward_model", overrides={"reward_model": {**FAST, "max_steps": 2}})
     run_stage(root, "evaluate", "sft")
     run_stage(root, "best_of_n", overrides={"best_of_n": {"n": 3, "limit": 6, "sampling": {"max_new_tokens": 12}}})

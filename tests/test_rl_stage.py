@@ -7,7 +7,7 @@ import shutil
 import pytest
 from safetensors.torch import load_file
 
-from conftest import run_stage
+from conftest import copy_with_crafted_pairs, run_stage
 
 RL_FAST = {"num_prompts": 4, "steps": 2, "prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 12,
            "learning_rate": 1e-2}
@@ -62,3 +62,18 @@ def test_reinforce_ema_with_kl_to_the_starting_adapter(sft_workspace, tmp_path):
     assert float(rows[1]["kl"]) != 0.0  # after one update the policy has moved away from "ref"
     saved = load_file(root / "models/rl/adapter_model.safetensors")
     assert not any(".ref." in k for k in saved), "only the trained adapter is saved"
+
+
+@pytest.mark.parametrize("algorithm", ["reinforce_ema", "grpo"])
+def test_reward_model_term_enters_the_reward(sft_workspace, tmp_path, algorithm):
+    root = copy_with_crafted_pairs(sft_workspace, tmp_path / "ws", n_train=6, n_held_out=2)
+    run_stage(root, "reward_model", overrides={"reward_model": {"max_steps": 2, "batch_size": 4}})
+    reward = {"exact": 1.0, "format": 0.1, "reward_model": 0.5}
+    run_stage(root, "rl", overrides={"rl": {**RL_FAST, "algorithm": algorithm, "reward": reward}})
+    with open(root / "metrics/rl/log.csv") as f:
+        rows = list(csv.DictReader(f))
+    column = "reward_model_score" if algorithm == "reinforce_ema" else "rewards/reward_model/mean"
+    # exact and format are 0 for the tiny model, so the whole reward is 0.5 * the RM score
+    for row in rows:
+        assert float(row[column]) != 0.0
+        assert float(row["reward"]) == pytest.approx(0.5 * float(row[column]), abs=1e-4)
