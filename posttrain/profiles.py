@@ -1,6 +1,6 @@
 """Profiles: small overlays of params.yaml (profiles/<name>.yaml) for other situations.
 
-    python -m posttrain.profiles smoke > /tmp/params.yaml
+    python -m posttrain.profiles smoke > smoke-params.yaml
 
 prints params.yaml with the profile merged over it. The tests use it to run the smoke
 profile in a throw-away copy; for a one-off variation, `dvc exp run -S key=value` is
