@@ -101,12 +101,14 @@ def trainer_arguments(params: Params, train: TrainParams, output_dir: str | Path
 
 
 def write_rows_csv(path: str | Path, rows: list[dict]) -> None:
-    """Rows as a CSV (columns from the first row), written atomically: DVC plots read these."""
+    """Rows as a CSV, written atomically: DVC plots read these. Columns are every key
+    seen, in first-seen order (trainer logs can gain keys after the first step)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
+    columns = list(dict.fromkeys(key for row in rows for key in row)) or ["step"]
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step"], restval="")
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(path)
