@@ -71,6 +71,7 @@ with tracking.stage_run("sft", params, ["seed", "prompt", "sft"]):
 
         model = trainer.model
         model.save_pretrained(out)
+        trainable, _ = model.get_nb_trainable_parameters()  # before a merge folds the adapter away
         if cfg.merge:
             if cfg.quantization != "none":
                 raise SystemExit("sft.merge: merging into a quantised base loses precision; "
@@ -81,7 +82,6 @@ with tracking.stage_run("sft", params, ["seed", "prompt", "sft"]):
 
     history = write_log_history(trainer.state.log_history, LOSS_PLOT, ["loss", "learning_rate", "grad_norm"])
     tokens = trainer.state.num_input_tokens_seen
-    trainable, total = model.get_nb_trainable_parameters()
     metrics = {
         "examples": len(dataset),
         "skipped_too_long": too_long,

@@ -131,6 +131,7 @@ def test_sft_stage_trains_a_lora_adapter(workspace):
     assert sum(losses[-4:]) / 4 < losses[0] - 0.3, losses
     metrics = json.loads((workspace / "metrics/sft.json").read_text())
     assert metrics["steps"] == 16 and metrics["tokens_per_second"] > 0
+    assert metrics["trainable_parameters"] > 0  # counted before the merge folds the adapter in
     assert (workspace / "models/sft/adapter_config.json").is_file()
     assert (workspace / "models/sft/merged/model.safetensors").is_file()
 
