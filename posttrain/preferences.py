@@ -14,6 +14,8 @@ import random
 import re
 from dataclasses import dataclass
 
+from posttrain.config import PromptParams
+from posttrain.generation import gsm_messages
 from posttrain.gsm import grade
 
 SAMPLED = "sampled"
@@ -99,3 +101,12 @@ def split_by_prompt(pairs: list[Pair], held_out_fraction: float, seed: int) -> t
     n_held_out = max(1, round(len(prompt_ids) * held_out_fraction)) if len(prompt_ids) > 1 else 0
     held_out_ids = set(prompt_ids[:n_held_out])
     return [p for p in pairs if p.prompt_id not in held_out_ids], [p for p in pairs if p.prompt_id in held_out_ids]
+
+
+def preference_example(pair: dict, prompt: PromptParams) -> dict:
+    """A pair in TRL's conversational preference format (RewardTrainer, DPOTrainer)."""
+    return {
+        "prompt": gsm_messages(pair["question"], prompt),
+        "chosen": [{"role": "assistant", "content": pair["chosen"]}],
+        "rejected": [{"role": "assistant", "content": pair["rejected"]}],
+    }

@@ -17,9 +17,9 @@ from posttrain.config import load_params
 params = load_params()
 
 from posttrain import runtime, tracking  # noqa: E402
-from posttrain.generation import gsm_messages  # noqa: E402
 from posttrain.io import atomic_dir, read_jsonl, write_json  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
+from posttrain.preferences import preference_example  # noqa: E402
 from posttrain.training import load_base_for_training, trainer_arguments, write_log_history  # noqa: E402
 
 START_CHECKPOINT = "sft"
@@ -35,11 +35,7 @@ with tracking.stage_run("dpo", params, ["seed", "prompt", "dpo"]):
     from trl import DPOConfig, DPOTrainer
 
     pairs = read_jsonl("data/preferences/train.jsonl")[: cfg.max_pairs]
-    dataset = Dataset.from_list([{
-        "prompt": gsm_messages(p["question"], params.prompt),
-        "chosen": [{"role": "assistant", "content": p["chosen"]}],
-        "rejected": [{"role": "assistant", "content": p["rejected"]}],
-    } for p in pairs])
+    dataset = Dataset.from_list([preference_example(p, params.prompt) for p in pairs])
     base_dir, adapter_dir = checkpoint_dirs(START_CHECKPOINT)
     tokenizer = load_tokenizer(base_dir, padding_side="right")
     policy = PeftModel.from_pretrained(load_base_for_training(base_dir, "none"), adapter_dir, is_trainable=True)

@@ -20,7 +20,7 @@ params = load_params()
 
 from posttrain import runtime, tracking  # noqa: E402
 from posttrain.evaluation import histogram, score_texts  # noqa: E402
-from posttrain.generation import gsm_messages  # noqa: E402
+from posttrain.preferences import preference_example  # noqa: E402
 from posttrain.io import atomic_dir, read_jsonl, write_json  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_reward_backbone, load_tokenizer  # noqa: E402
 from posttrain.training import lora_config, trainer_arguments, write_log_history, write_rows_csv  # noqa: E402
@@ -37,12 +37,6 @@ with tracking.stage_run("reward_model", params, ["seed", "prompt", "reward_model
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    def conversations(pair):
-        prompt = gsm_messages(pair["question"], params.prompt)
-        return {"prompt": prompt,
-                "chosen": [{"role": "assistant", "content": pair["chosen"]}],
-                "rejected": [{"role": "assistant", "content": pair["rejected"]}]}
-
     train_pairs = read_jsonl("data/preferences/train.jsonl")[: cfg.max_pairs]
     held_out = read_jsonl("data/preferences/held_out.jsonl")
     base_dir, adapter_dir = checkpoint_dirs(INIT_CHECKPOINT)
@@ -53,7 +47,7 @@ with tracking.stage_run("reward_model", params, ["seed", "prompt", "reward_model
         trainer = RewardTrainer(
             model=model,
             args=RewardConfig(**trainer_arguments(params, cfg, scratch), max_length=cfg.max_length),
-            train_dataset=Dataset.from_list([conversations(p) for p in train_pairs]),
+            train_dataset=Dataset.from_list([preference_example(p, params.prompt) for p in train_pairs]),
             processing_class=tokenizer,
             peft_config=lora_config(cfg.lora, task_type="SEQ_CLS"),
         )
@@ -63,11 +57,9 @@ with tracking.stage_run("reward_model", params, ["seed", "prompt", "reward_model
         trainer.model.save_pretrained(out)
 
     reward_model = trainer.model.eval()
-    prompts = [gsm_messages(p["question"], params.prompt) for p in held_out]
-    chosen = score_texts(reward_model, tokenizer, [m + [{"role": "assistant", "content": p["chosen"]}]
-                                                   for m, p in zip(prompts, held_out)])
-    rejected = score_texts(reward_model, tokenizer, [m + [{"role": "assistant", "content": p["rejected"]}]
-                                                     for m, p in zip(prompts, held_out)])
+    examples = [preference_example(p, params.prompt) for p in held_out]
+    chosen = score_texts(reward_model, tokenizer, [e["prompt"] + e["chosen"] for e in examples])
+    rejected = score_texts(reward_model, tokenizer, [e["prompt"] + e["rejected"] for e in examples])
     margins = [c - r for c, r in zip(chosen, rejected)]
     write_rows_csv(SCORES_PLOT, histogram({"chosen": chosen, "rejected": rejected}, cfg.histogram_bins))
     write_log_history(trainer.state.log_history, LOSS_PLOT, ["loss", "accuracy", "margin"])
