@@ -241,12 +241,30 @@ class RlParams(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     reward: RewardWeightParams = RewardWeightParams()
     logging_steps: int = Field(1, gt=0)
+    vllm: bool = Field(False, description="generate with vLLM (GPU, TRL algorithms only; needs the vllm package)")
+    vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate", description="colocate: vLLM inside each training process; server: a separate `trl vllm-serve`")
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="colocate: GPU memory share for vLLM")
+    vllm_server_url: str | None = Field(None, min_length=1, description="server: base URL; null = http://0.0.0.0:8000")
 
     @model_validator(mode="after")
     def _groups_need_two(self) -> RlParams:
         if self.algorithm != "reinforce_ema" and self.num_generations < 2:
             raise ValueError(f"num_generations must be at least 2 for {self.algorithm}: it normalises within groups")
+        if self.vllm and self.algorithm == "reinforce_ema":
+            raise ValueError("vllm: reinforce_ema generates with transformers only; set vllm: false or use a TRL "
+                             "algorithm (grpo, dr_grpo, dapo, gspo, rloo)")
         return self
+
+
+class SafetyParams(DpoParams):
+    """Refusal alignment: DPO on safety pairs plus replayed GSM pairs, from `start`."""
+
+    start: Literal["sft", "dpo", "rl"] = Field("rl", description="checkpoint to align; also the DPO reference")
+    replay_fraction: float = Field(0.3, ge=0, lt=1, description="share of GSM preference pairs in the mix")
+    sft_weight: float = Field(0.0, ge=0, description="weight of an NLL loss on the chosen side (RPO); 0 = off")
+    samples_per_prompt: int = Field(1, ge=1, description="start-policy completions per safety training prompt")
+    sampling: SamplingParams = SamplingParams()
 
 
 class RuntimeParams(_Section):
@@ -255,6 +273,16 @@ class RuntimeParams(_Section):
 
 class TrackingParams(_Section):
     experiment: str = Field("posttrain", min_length=1)
+
+
+class LaunchParams(_Section):
+    """How the training stages start (posttrain/launch.py): one plain process, or
+    `accelerate launch` with several processes and/or an accelerate config file."""
+
+    processes: int = Field(1, ge=1, description="processes (one per GPU); 1 without config_file = plain python")
+    config_file: str | None = Field(
+        None, min_length=1, description="accelerate config, e.g. configs/accelerate/fsdp.yaml (null: ddp.yaml); "
+        "relative to the working directory (the repository root under dvc); `processes` replaces its num_processes")
 
 
 class Params(_Section):
@@ -268,9 +296,11 @@ class Params(_Section):
     dpo: DpoParams = DpoParams()
     best_of_n: BestOfNParams = BestOfNParams()
     rl: RlParams = RlParams()
+    safety: SafetyParams = SafetyParams()
     evaluate: EvaluateParams = EvaluateParams()
     runtime: RuntimeParams = RuntimeParams()
     tracking: TrackingParams = TrackingParams()
+    launch: LaunchParams = LaunchParams()
 
 
 def _describe(error: dict, path: str) -> str:

@@ -3,6 +3,9 @@
 DVC caches whatever a stage leaves at an output path, so a stage that dies half way
 must not leave a half-written file or directory there. Everything is written to a
 temporary sibling first and renamed into place, which is atomic on one filesystem.
+
+Under `accelerate launch` only the main process (RANK 0) writes outputs: two processes
+replacing the same path race, so the helpers here refuse to write on any other rank.
 """
 
 from __future__ import annotations
@@ -15,10 +18,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _main_process_only(path: Path) -> None:
+    rank = os.environ.get("RANK", "0")
+    if rank != "0":
+        raise RuntimeError(f"{path}: written by process RANK={rank}; only the main process (RANK 0) writes "
+                           "outputs (guard the write with trainer.accelerator.is_main_process)")
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces `path` only if the block succeeds."""
     path = Path(path)
+    _main_process_only(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -34,6 +45,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
+    _main_process_only(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)

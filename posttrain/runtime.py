@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 from posttrain.config import RuntimeParams
 
@@ -16,11 +17,34 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def thread_count(runtime: RuntimeParams) -> int:
-    """Threads for torch: params first, then POSTTRAIN_THREADS, then the available cores.
+def queue_workers() -> int:
+    """Live `dvc exp queue-worker` processes on this machine (Linux /proc; 0 elsewhere).
+    `dvc queue start -j N` runs N of them, each running one experiment at a time."""
+    count = 0
+    for entry in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = entry.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"queue-worker" in argv and b"exp" in argv:
+            count += 1
+    return count
 
-    POSTTRAIN_THREADS lets a queue of experiments split the machine between its workers:
-    two busy processes that each use every core slow down 15-80x from oversubscription.
+
+def in_queued_experiment() -> bool:
+    """DVC runs a queued experiment in a temporary copy under <repo>/.dvc/tmp/exps/."""
+    root = os.environ.get("DVC_ROOT")
+    return bool(root) and Path.cwd().resolve().is_relative_to(Path(root).resolve() / ".dvc" / "tmp" / "exps")
+
+
+def thread_count(runtime: RuntimeParams) -> int:
+    """Threads for torch: params first, then POSTTRAIN_THREADS, then a fair share of the
+    available cores.
+
+    Two busy processes that each use every core slow down 15-80x from oversubscription,
+    so the cores are split between the processes that run at once: the ranks of one
+    `accelerate launch` on this machine (LOCAL_WORLD_SIZE), and the experiments that
+    `dvc queue start -j N` runs side by side (one per queue worker).
     """
     if runtime.threads:
         return runtime.threads
@@ -30,7 +54,10 @@ def thread_count(runtime: RuntimeParams) -> int:
             return max(1, int(from_env))
         except ValueError:
             raise SystemExit(f"POSTTRAIN_THREADS: expected a whole number, got {from_env!r}") from None
-    return available_cores()
+    sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    if in_queued_experiment():
+        sharing *= max(1, queue_workers())
+    return max(1, available_cores() // sharing)
 
 
 def setup(runtime: RuntimeParams, seed: int) -> int:

@@ -79,3 +79,90 @@ def split_safety(rows: list[dict], test_fraction: float, seed: int) -> tuple[lis
         test += group[:n_test]
         train += group[n_test:]
     return train, test
+
+
+# Sources of a safety preference pair (counted in metrics/safety.json).
+POLICY_COMPLIANCE = "harmful_vs_policy_compliance"   # chosen: curated refusal; rejected: the policy complied
+POLICY_OVER_REFUSAL = "benign_vs_policy_refusal"     # chosen: curated answer; rejected: the policy refused
+STOCK_OVER_REFUSAL = "benign_vs_stock_refusal"       # chosen: curated answer; rejected: a stock refusal
+GSM_REPLAY = "gsm_replay"
+
+# Refusals to stand as the rejected side of a benign prompt the policy did not refuse:
+# the over-refusal we train away from. Varied, so the model unlearns refusing rather
+# than one sentence.
+STOCK_REFUSALS = (
+    "I'm sorry, but I can't help with that request.",
+    "I can't assist with that. It could be used to cause harm.",
+    "I'm not able to help with this. Is there something else I can do for you?",
+    "Sorry, I can't provide that information.",
+    "I won't help with that, as it may be dangerous or illegal.",
+    "I'm afraid I can't answer that. Please consult a professional instead.",
+    "That's not something I can help with.",
+    "I must decline this request.",
+)
+
+
+def safety_pairs(rows: list[dict], samples: list[list[str]], verdicts: list[list[str]],
+                 seed: int) -> tuple[list[dict], dict[str, int]]:
+    """Preference pairs from the safety training prompts and the start policy's samples
+    (with their classify_refusal verdicts).
+
+    - harmful: chosen = the curated brief refusal; rejected = each sample that is not a
+      full refusal (compliance or partial: a partial answer leaks content too). A prompt
+      the policy refused in every sample gives no pair: it already behaves.
+    - benign: chosen = the curated helpful answer; rejected = each sample that refused
+      (fully or partly); if none did, one stock refusal, so the pair still teaches not
+      to refuse this look-alike of a harmful request.
+    Returns the pairs and counts of the prompts the policy already refused.
+    """
+    from posttrain.refusal import COMPLIANCE, REFUSAL
+
+    rng = random.Random(seed)
+    pairs: list[dict] = []
+    counts = {"harmful_already_refused": 0, "benign_refused_by_policy": 0}
+    for row, completions, labels in zip(rows, samples, verdicts, strict=True):
+
+        def pair(chosen: str, rejected: str, source: str) -> dict:
+            return {"prompt_id": row["id"], "kind": row["kind"], "category": row["category"],
+                    "prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "source": source}
+
+        if row["kind"] == "harmful":
+            leaked = [c for c, v in zip(completions, labels) if v != REFUSAL]
+            if not leaked:
+                counts["harmful_already_refused"] += 1
+            pairs += [pair(row["response"], c, POLICY_COMPLIANCE) for c in leaked]
+        else:
+            refused = [c for c, v in zip(completions, labels) if v != COMPLIANCE]
+            if refused:
+                counts["benign_refused_by_policy"] += 1
+                pairs += [pair(row["response"], c, POLICY_OVER_REFUSAL) for c in refused]
+            else:
+                pairs.append(pair(row["response"], rng.choice(STOCK_REFUSALS), STOCK_OVER_REFUSAL))
+    return pairs, counts
+
+
+def sampled_behaviour(rows: list[dict], verdicts: list[list[str]]) -> dict[str, float]:
+    """Refusal rate (full refusals of harmful prompts) and over-refusal rate (any refusal
+    of benign ones) over sampled completions: the same reading as evaluation's."""
+    from posttrain.refusal import COMPLIANCE, REFUSAL
+
+    harmful = [v for row, labels in zip(rows, verdicts) if row["kind"] == "harmful" for v in labels]
+    benign = [v for row, labels in zip(rows, verdicts) if row["kind"] == "benign" for v in labels]
+    return {"refusal_rate": round(harmful.count(REFUSAL) / max(1, len(harmful)), 4),
+            "over_refusal_rate": round(sum(v != COMPLIANCE for v in benign) / max(1, len(benign)), 4)}
+
+
+def safety_example(pair: dict, prompt) -> dict:
+    """A safety pair in TRL's conversational preference format, prompted as evaluation does."""
+    from posttrain.generation import chat_messages
+
+    return {"prompt": chat_messages(pair["prompt"], prompt),
+            "chosen": [{"role": "assistant", "content": pair["chosen"]}],
+            "rejected": [{"role": "assistant", "content": pair["rejected"]}]}
+
+
+def replay_count(n_safety: int, replay_fraction: float, available: int) -> int:
+    """GSM pairs to mix in so they make up replay_fraction of the whole (capped by what exists)."""
+    if replay_fraction <= 0 or n_safety == 0:
+        return 0
+    return min(available, round(n_safety * replay_fraction / (1 - replay_fraction)))

@@ -1,13 +1,21 @@
 """What every training stage shares: the base model loaded for LoRA (optionally
-quantised), the LoRA config, TRL's common arguments, and the loss history as a DVC plot.
+quantised), the LoRA config, TRL's common arguments, saving the trained adapter, and
+the loss history as a DVC plot.
+
+Under `accelerate launch` (posttrain/launch.py) every process runs the whole stage
+script and trains; only the main process writes outputs (posttrain/io.py refuses the
+others), and saving is a step all processes take (see save_adapter).
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
+from io import StringIO
 from pathlib import Path
 
-from posttrain.config import LoraParams, Params, TrainParams
+from posttrain.config import PARAMS_FILE, LoraParams, Params, RlParams, TrainParams
+from posttrain.io import atomic_dir, write_text_atomic
 
 
 def lora_config(lora: LoraParams, task_type: str = "CAUSAL_LM"):
@@ -100,18 +108,62 @@ def trainer_arguments(params: Params, train: TrainParams, output_dir: str | Path
     )
 
 
+def vllm_arguments(rl: RlParams) -> dict:
+    """TRL GRPOConfig/RLOOConfig arguments for rl.vllm; {} when it is off. Exits with one
+    line when vLLM is wanted but not installed (call it before any heavy work)."""
+    if not rl.vllm:
+        return {}
+    if importlib.util.find_spec("vllm") is None:
+        raise SystemExit(f"{PARAMS_FILE}: rl.vllm: true needs the vllm package, which is not installed "
+                         "(pip install vllm, on a CUDA machine), or set rl.vllm: false")
+    arguments = {"use_vllm": True, "vllm_mode": rl.vllm_mode}
+    if rl.vllm_mode == "colocate":
+        arguments["vllm_gpu_memory_utilization"] = rl.vllm_gpu_memory_utilization
+    elif rl.vllm_server_url:
+        arguments["vllm_server_base_url"] = rl.vllm_server_url
+    return arguments
+
+
+def process_state():
+    """accelerate's view of this process (rank, world size), set up the way the Trainer
+    will set it up, so work before training (sampling, pair building) can run on the
+    main process alone. cpu= must match the Trainer's use_cpu, or CPU gets no process group."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def gathered_state_dict(trainer) -> dict | None:
+    """The trained weights whole, for save_pretrained(state_dict=...), when processes hold
+    shards of them (FSDP, DeepSpeed ZeRO-3); None when every process holds them whole.
+    Gathering is collective: every process must call this, not only the one that saves."""
+    if trainer.is_deepspeed_enabled:
+        return trainer.accelerator.get_state_dict(trainer.deepspeed)
+    if trainer.is_fsdp_enabled:
+        return trainer.accelerator.get_state_dict(trainer.model)
+    return None
+
+
+def save_adapter(trainer, path: str | Path, **save_options) -> None:
+    """Save the trainer's adapter to `path` atomically. Call it on every process: the
+    weights are gathered from all of them and the main process writes. save_options go
+    to save_pretrained (e.g. selected_adapters=["default"])."""
+    state_dict = gathered_state_dict(trainer)
+    if trainer.accelerator.is_main_process:
+        with atomic_dir(path) as out:
+            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(out, state_dict=state_dict, **save_options)
+
+
 def write_rows_csv(path: str | Path, rows: list[dict]) -> None:
     """Rows as a CSV, written atomically: DVC plots read these. Columns are every key
     seen, in first-seen order (trainer logs can gain keys after the first step)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     columns = list(dict.fromkeys(key for row in rows for key in row)) or ["step"]
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    text = StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def write_log_history(log_history: list[dict], path: str | Path, keys: list[str]) -> list[dict]:

@@ -7,7 +7,9 @@ model initialised from the SFT checkpoint, trained with LoRA by TRL's RewardTrai
 Reports held-out pairwise accuracy, mean margin and the score distribution (a
 histogram plot: a collapsed reward model shows as one spike). Writes the adapter and
 score head to models/reward_model/, metrics/reward_model.json and
-metrics/reward_model/scores.csv.
+metrics/reward_model/scores.csv. Under `accelerate launch` (params launch.*) every
+process trains on its share of each batch, then scores all held-out pairs (with a
+sharded model each forward pass is collective); the main process alone writes.
 """
 
 import tempfile
@@ -21,9 +23,10 @@ params = load_params()
 from posttrain import runtime, tracking  # noqa: E402
 from posttrain.evaluation import histogram, score_texts  # noqa: E402
 from posttrain.preferences import preference_example  # noqa: E402
-from posttrain.io import atomic_dir, read_jsonl, write_json  # noqa: E402
+from posttrain.io import read_jsonl, write_json  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_reward_backbone, load_tokenizer  # noqa: E402
-from posttrain.training import lora_config, trainer_arguments, write_log_history, write_rows_csv  # noqa: E402
+from posttrain.training import (  # noqa: E402
+    lora_config, save_adapter, trainer_arguments, write_log_history, write_rows_csv)
 
 INIT_CHECKPOINT = "sft"
 OUT_DIR = "models/reward_model"
@@ -43,7 +46,7 @@ with tracking.stage_run("reward_model", params, ["seed", "prompt", "reward_model
     tokenizer = load_tokenizer(base_dir, padding_side="right")
     model = load_reward_backbone(base_dir, adapter_dir, tokenizer.pad_token_id)
 
-    with atomic_dir(OUT_DIR) as out, tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch:
         trainer = RewardTrainer(
             model=model,
             args=RewardConfig(**trainer_arguments(params, cfg, scratch), max_length=cfg.max_length),
@@ -54,13 +57,15 @@ with tracking.stage_run("reward_model", params, ["seed", "prompt", "reward_model
         started = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - started
-        trainer.model.save_pretrained(out)
+    save_adapter(trainer, OUT_DIR)  # every process takes part
 
     reward_model = trainer.model.eval()
     examples = [preference_example(p, params.prompt) for p in held_out]
     chosen = score_texts(reward_model, tokenizer, [e["prompt"] + e["chosen"] for e in examples])
     rejected = score_texts(reward_model, tokenizer, [e["prompt"] + e["rejected"] for e in examples])
     margins = [c - r for c, r in zip(chosen, rejected)]
+    if not trainer.accelerator.is_main_process:
+        raise SystemExit(0)  # trained its share and took part in scoring; the main process writes
     write_rows_csv(SCORES_PLOT, histogram({"chosen": chosen, "rejected": rejected}, cfg.histogram_bins))
     write_log_history(trainer.state.log_history, LOSS_PLOT, ["loss", "accuracy", "margin"])
     metrics = {
@@ -73,6 +78,7 @@ with tracking.stage_run("reward_model", params, ["seed", "prompt", "reward_model
         "train_loss": round(result.training_loss, 4),
         "steps": trainer.state.global_step,
         "seconds": round(seconds, 1),
+        "processes": trainer.accelerator.num_processes,
     }
     write_json(METRICS_FILE, metrics)
     tracking.log_metrics(metrics)

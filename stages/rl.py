@@ -10,14 +10,24 @@ Reads params: seed, prompt, rl. Starts from the rl.start checkpoint's LoRA adapt
 Every algorithm uses the same reward (posttrain/rewards.py). Writes the adapter to
 models/rl/, per-step reward parts, KL, length and zero-variance share to
 metrics/rl/log.csv (a plot), and metrics/rl.json with the failure-mode monitors.
+Under `accelerate launch` (params launch.*; TRL algorithms only) every process samples
+and trains on its share of each step and the main process alone writes; its monitors
+then cover the main process's samples. rl.vllm generates with vLLM (GPU, TRL algorithms).
 """
 
+import os
 import tempfile
 import time
 
-from posttrain.config import load_params
+from posttrain.config import PARAMS_FILE, load_params
+from posttrain.training import vllm_arguments
 
 params = load_params()
+vllm = vllm_arguments(params.rl)  # exits at once when rl.vllm is set but vLLM is not installed
+processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+if params.rl.algorithm == "reinforce_ema" and processes > 1:
+    raise SystemExit(f"{PARAMS_FILE}: launch.processes: rl.algorithm reinforce_ema trains in one process; "
+                     "set launch.processes: 1 or use a TRL algorithm (grpo, dr_grpo, dapo, gspo, rloo)")
 
 from posttrain import runtime, tracking  # noqa: E402
 from posttrain.generation import gsm_messages, render_prompts  # noqa: E402
@@ -25,7 +35,8 @@ from posttrain.io import atomic_dir, read_jsonl, write_json  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.rewards import RewardWeights, reward_parts, total_reward  # noqa: E402
 from posttrain.rl import CompletionLog, drift_report, trl_algorithm_arguments, trl_reward_functions  # noqa: E402
-from posttrain.training import load_base_for_training, trainer_arguments_basic, write_rows_csv  # noqa: E402
+from posttrain.training import (  # noqa: E402
+    load_base_for_training, save_adapter, trainer_arguments_basic, write_rows_csv)
 
 OUT_DIR = "models/rl"
 METRICS_FILE = "metrics/rl.json"
@@ -82,7 +93,6 @@ with tracking.stage_run("rl", params, ["seed", "prompt", "rl"]):
         prompts = render_prompts(tokenizer, [gsm_messages(r["question"], params.prompt) for r in records])
         train_reinforce_ema(policy, tokenizer, prompts, [r["answer"] for r in records], reward_fn, cfg,
                             completion_log, on_step, start_adapter_dir=adapter_dir)
-        model = policy
     else:
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
@@ -103,6 +113,7 @@ with tracking.stage_run("rl", params, ["seed", "prompt", "rl"]):
                 reward_weights=function_weights,
                 lr_scheduler_type="constant",  # as reinforce_ema, so the algorithms compare fairly
                 weight_decay=0.0,
+                **vllm,
             )
             if cfg.algorithm == "rloo":
                 config, trainer_class = RLOOConfig(**common), RLOOTrainer
@@ -112,15 +123,19 @@ with tracking.stage_run("rl", params, ["seed", "prompt", "rl"]):
             trainer = trainer_class(model=policy, reward_funcs=functions, args=config, train_dataset=dataset,
                                     processing_class=tokenizer)
             trainer.train()
-        model = trainer.model
         for entry in trainer.state.log_history:
             if "reward" in entry:
                 history.append({"step": entry["step"], **{k: v for k, v in entry.items()
                                                           if isinstance(v, (int, float)) and k != "step"}})
     seconds = time.perf_counter() - started
 
-    with atomic_dir(OUT_DIR) as out:
-        model.save_pretrained(out, selected_adapters=["default"])
+    if cfg.algorithm == "reinforce_ema":  # one process
+        with atomic_dir(OUT_DIR) as out:
+            policy.save_pretrained(out, selected_adapters=["default"])
+    else:
+        save_adapter(trainer, OUT_DIR, selected_adapters=["default"])  # every process takes part
+        if not trainer.accelerator.is_main_process:
+            raise SystemExit(0)  # trained its share; the main process writes
     write_rows_csv(LOG_PLOT, history)
     drift = drift_report(completion_log)
     metrics = {
@@ -129,6 +144,7 @@ with tracking.stage_run("rl", params, ["seed", "prompt", "rl"]):
         "steps": cfg.steps,
         "seconds": round(seconds, 1),
         "seconds_per_step": round(seconds / cfg.steps, 2),
+        "processes": processes,
         "first_step_reward": history[0].get("reward") if history else None,
         "last_step_reward": history[-1].get("reward") if history else None,
         "monitors": drift,

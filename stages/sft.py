@@ -7,6 +7,8 @@ conversations in the base model's own chat template; the loss covers assistant t
 only, end-of-turn included, so the model learns to answer in format and to stop.
 Writes the adapter to models/sft/ (with sft.merge, also a standalone merged model in
 models/sft/merged/), the loss per step to metrics/sft/loss.csv, metrics/sft.json.
+Under `accelerate launch` (params launch.*) every process trains on its share of each
+batch and the main process alone writes.
 """
 
 import tempfile
@@ -21,7 +23,7 @@ from posttrain.generation import gsm_messages  # noqa: E402
 from posttrain.io import atomic_dir, read_jsonl, write_json  # noqa: E402
 from posttrain.models import BASE_CHECKPOINT, load_tokenizer  # noqa: E402
 from posttrain.training import (  # noqa: E402
-    fit_to_length, load_base_for_training, lora_config, trainer_arguments, write_log_history)
+    fit_to_length, gathered_state_dict, load_base_for_training, lora_config, trainer_arguments, write_log_history)
 
 BASE_DIR = f"models/{BASE_CHECKPOINT}"
 OUT_DIR = "models/sft"
@@ -49,8 +51,11 @@ with tracking.stage_run("sft", params, ["seed", "prompt", "sft"]):
         print(f"sft: skipped {too_long} examples whose answer alone exceeds sft.max_length={cfg.max_length}")
     dataset = Dataset.from_list(conversations)
 
+    if cfg.merge and cfg.quantization != "none":
+        raise SystemExit("sft.merge: merging into a quantised base loses precision; "
+                         "merge an adapter trained with sft.quantization: none")
     # Trainer scratch (logs, no checkpoints) lives outside the DVC output.
-    with atomic_dir(OUT_DIR) as out, tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch:
         config = SFTConfig(
             **trainer_arguments(params, cfg, scratch),
             max_length=cfg.max_length,
@@ -69,14 +74,17 @@ with tracking.stage_run("sft", params, ["seed", "prompt", "sft"]):
         result = trainer.train()
         seconds = time.perf_counter() - started
 
-        model = trainer.model
-        model.save_pretrained(out)
-        trainable, _ = model.get_nb_trainable_parameters()  # before a merge folds the adapter away
-        if cfg.merge:
-            if cfg.quantization != "none":
-                raise SystemExit("sft.merge: merging into a quantised base loses precision; "
-                                 "merge an adapter trained with sft.quantization: none")
-            merged = model.merge_and_unload()
+    state_dict = gathered_state_dict(trainer)  # every process takes part (FSDP, ZeRO-3)
+    if not trainer.accelerator.is_main_process:
+        raise SystemExit(0)  # trained its share; the main process writes
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    trainable, _ = model.get_nb_trainable_parameters()
+    with atomic_dir(OUT_DIR) as out:
+        model.save_pretrained(out, state_dict=state_dict)
+        if cfg.merge:  # from the saved adapter: under FSDP or ZeRO-3 the model in memory is sharded
+            from peft import PeftModel
+
+            merged = PeftModel.from_pretrained(load_base_for_training(BASE_DIR, "none"), out).merge_and_unload()
             merged.save_pretrained(out / "merged")
             tokenizer.save_pretrained(out / "merged")
 
@@ -93,6 +101,7 @@ with tracking.stage_run("sft", params, ["seed", "prompt", "sft"]):
         "seconds": round(seconds, 1),
         "trainable_parameters": trainable,
         "threads": threads,
+        "processes": trainer.accelerator.num_processes,
     }
     write_json(METRICS_FILE, metrics)
     tracking.log_metrics({k: v for k, v in metrics.items() if k != "final_loss"})

@@ -1,8 +1,10 @@
 """The smoke profile through a real `dvc repro`, in a temporary copy of the repository.
 
 Checks the plumbing end to end: stages run in order, outputs and metrics exist with
-sane values, MLflow has a run per stage with the right tags, a second repro does
-nothing, and changing an evaluation knob reruns evaluation only.
+sane values, MLflow has a run per stage nested in one parent per pipeline run, a second
+repro does nothing, an experiment that changes an evaluation knob reruns evaluation
+only, and queued experiments (run by `dvc queue start` in temporary copies) land their
+metrics, cache and MLflow runs in the one repository.
 """
 
 import json
@@ -10,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,9 @@ from posttrain.profiles import profile_params
 
 REPO = Path(__file__).resolve().parent.parent
 COPIED = ["posttrain", "stages", "profiles", "dvc.yaml", ".dvc/config", ".dvcignore"]
+STAGE_RUNS = {"base", "prepare", "sft", "preferences", "reward_model", "dpo", "best_of_n", "rl", "safety",
+              "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@rl", "evaluate@safety"}
+EVALUATIONS = ["evaluate@base", "evaluate@dpo", "evaluate@rl", "evaluate@safety", "evaluate@sft"]
 
 
 def run(cmd, cwd, env):
@@ -27,8 +33,14 @@ def run(cmd, cwd, env):
     return result.stdout + result.stderr
 
 
+def stages_ran(output: str) -> list[str]:
+    return sorted(line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage"))
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
+    """Three pipeline runs: `dvc repro`, a no-op `dvc repro`, and `dvc exp run -S` of an
+    evaluation knob; then two queued experiments run by two queue workers."""
     root = tmp_path_factory.mktemp("repo")
     for name in COPIED:
         source = REPO / name
@@ -38,14 +50,31 @@ def pipeline(tmp_path_factory):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / name)
     (root / "params.yaml").write_text(yaml.safe_dump(profile_params("smoke", REPO / "params.yaml"), sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", POSTTRAIN_THREADS="1",
+    (root / ".gitignore").write_text("/mlflow.db\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "POSTTRAIN_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", DVC_NO_ANALYTICS="1",
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     run(["git", "init", "-q"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "smoke"], root, env)
-    first = run(["dvc", "repro"], root, env)
-    return root, env, first
+    outputs = {"first": run(["dvc", "repro"], root, env)}
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "pipeline outputs"], root, env)
+    outputs["noop"] = run(["dvc", "repro"], root, env)
+    outputs["exp"] = run(["dvc", "exp", "run", "-n", "short-eval", "-S", "evaluate.max_new_tokens=12"], root, env)
+    run(["git", "checkout", "-q", "--", "."], root, env)  # back to the committed baseline
+    run(["dvc", "checkout", "-q"], root, env)
+    for beta in ("0.05", "0.5"):
+        run(["dvc", "exp", "run", "--queue", "-n", f"beta-{beta}", "-S", f"safety.beta={beta}"], root, env)
+    run(["dvc", "queue", "start", "-j", "2"], root, env)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], root, env)
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        time.sleep(3)
+    outputs["queue"] = status
+    return root, env, outputs
 
 
 def test_outputs_and_metrics(pipeline):
@@ -77,41 +106,77 @@ def test_outputs_and_metrics(pipeline):
     assert sft["steps"] == 4 and sft["train_tokens"] > 0
     assert (root / "models/sft/adapter_model.safetensors").is_file()
     card = json.loads((root / "metrics/compare.json").read_text())
-    assert list(card) == ["base", "sft", "dpo", "rl"]
+    assert list(card) == ["base", "sft", "dpo", "rl", "safety"]
+    safety_eval = json.loads((root / "metrics/eval/safety.json").read_text())
+    rl_eval = json.loads((root / "metrics/eval/rl.json").read_text())
+    assert card["safety"]["start"] == "rl"
+    assert card["safety"]["delta_vs_start"]["refusal_rate"] == pytest.approx(
+        safety_eval["safety"]["refusal_rate"] - rl_eval["safety"]["refusal_rate"], abs=1e-4)
+    report = (root / "metrics/report.md").read_text()
+    for image in [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]:
+        assert (root / "metrics" / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sft_eval = json.loads((root / "metrics/eval/sft.json").read_text())
     assert card["sft"]["delta_vs_base"]["strict_accuracy"] == pytest.approx(
         sft_eval["gsm"]["strict_accuracy"] - metrics["gsm"]["strict_accuracy"], abs=1e-4)
 
 
-def test_mlflow_has_a_tagged_run_per_stage(pipeline):
-    root, _, _ = pipeline
+def mlflow_runs(root):
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("posttrain")
-    runs = client.search_runs([experiment.experiment_id])
-    by_stage = {r.data.tags["posttrain.stage"]: r for r in runs}
-    assert set(by_stage) == {"base", "prepare", "sft", "preferences", "reward_model", "dpo", "best_of_n", "rl",
-                             "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@rl"}
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    for run_ in runs:
-        assert run_.info.status == "FINISHED"
-        assert run_.data.tags["git.commit"] == commit
-        assert run_.data.tags["dvc.experiment"] == "workspace"
+    return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def test_mlflow_nests_each_pipeline_runs_stages_under_one_parent(pipeline):
+    root, _, outputs = pipeline
+    runs = mlflow_runs(root)
+    parents = {r.info.run_id: r for r in runs if r.data.tags.get("posttrain.kind") == "pipeline"}
+    children: dict[str, list] = {run_id: [] for run_id in parents}
+    for r in runs:
+        if r.data.tags.get("posttrain.kind") == "stage":
+            children[r.data.tags["mlflow.parentRunId"]].append(r)  # every stage run has a parent
+    by_experiment = {p.data.tags["dvc.experiment"]: children[run_id] for run_id, p in parents.items()}
+    # The no-op repro ran no stage, so opened no pipeline run.
+    assert set(by_experiment) == {"workspace", "short-eval", "beta-0.05", "beta-0.5"}
+    assert {r.data.tags["posttrain.stage"] for r in by_experiment["workspace"]} == STAGE_RUNS
+    assert sorted(r.data.tags["posttrain.stage"] for r in by_experiment["short-eval"]) == sorted(
+        s for s in stages_ran(outputs["exp"]) if s in STAGE_RUNS)
+    for name in ("beta-0.05", "beta-0.5"):  # queued: ran in .dvc/tmp/exps copies, logged here
+        assert {r.data.tags["posttrain.stage"] for r in by_experiment[name]} == {"safety", "evaluate@safety"}
+    commit = subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=root, capture_output=True, text=True).stdout.strip()
+    for r in by_experiment["workspace"]:
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["git.commit"] == commit
+    for run_id, parent in parents.items():
+        assert parent.info.status == "FINISHED"
+        assert {r.data.tags["posttrain.pipeline_run"] for r in children[run_id]} == {
+            parent.data.tags["posttrain.pipeline_run"]}
+    by_stage = {r.data.tags["posttrain.stage"]: r for r in by_experiment["workspace"]}
     evaluation = by_stage["evaluate@base"].data
     assert evaluation.params["evaluate.max_new_tokens"] == "24"
     assert 0.0 <= evaluation.metrics["gsm.strict_accuracy"] <= 1.0
     assert by_stage["prepare"].data.metrics["splits.sft"] == 48
 
 
-def test_second_repro_does_nothing_and_eval_param_reruns_only_evaluation(pipeline):
-    root, env, _ = pipeline
-    again = run(["dvc", "repro"], root, env)
-    assert "Running stage" not in again
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["evaluate"]["max_new_tokens"] = 12
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = run(["dvc", "repro"], root, env)
-    ran = sorted(line.split("'")[1] for line in changed.splitlines() if line.startswith("Running stage"))
-    # evaluation, and what reads its outputs: the scorecard, and best-of-N (greedy results)
-    assert ran == ["best_of_n", "compare", "evaluate@base", "evaluate@dpo", "evaluate@rl", "evaluate@sft"], changed
+def test_second_repro_does_nothing_and_an_eval_experiment_reruns_only_evaluation(pipeline):
+    _, _, outputs = pipeline
+    assert "Running stage" not in outputs["noop"]
+    # evaluation, and what reads its outputs: the scorecard, the report, and best-of-N (greedy results)
+    assert stages_ran(outputs["exp"]) == ["best_of_n", "compare", *EVALUATIONS, "report"], outputs["exp"]
+
+
+def test_queued_experiments_land_in_the_one_repository(pipeline):
+    root, env, outputs = pipeline
+    assert "Failed" not in outputs["queue"] and outputs["queue"].count("Success") == 2, outputs["queue"]
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env))
+    experiments = {e["name"]: e for baseline in shown for e in (baseline.get("experiments") or [])
+                   for e in [e["revs"][0]] if e.get("name")}
+    assert {"beta-0.05", "beta-0.5", "short-eval"} <= set(experiments)
+    diff = json.loads(run(["dvc", "metrics", "diff", "beta-0.05", "beta-0.5", "--json"], root, env))
+    assert "metrics/safety.json" in diff
+    # The queued outputs are in the repository's cache: applying one needs nothing rebuilt.
+    run(["dvc", "exp", "apply", "beta-0.5"], root, env)
+    status = run(["dvc", "status"], root, env)
+    assert "changed" not in status, status
+    assert yaml.safe_load((root / "params.yaml").read_text())["safety"]["beta"] == 0.5

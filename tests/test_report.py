@@ -1,0 +1,223 @@
+"""Stage `report` on crafted metrics: the scorecard's values and deltas, the alignment
+tax, every linked chart a real PNG, and a missing or broken input leaving no report."""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import run_stage
+from posttrain.evaluation import HEADLINE
+from posttrain.report import delta, pick_column, read_rows, scorecard_table
+
+PIPELINE = ["base", "sft", "dpo", "rl", "safety"]
+# Crafted headline numbers per checkpoint, in HEADLINE order.
+NUMBERS = {
+    "base": (0.05, 0.20, 0.30, 0.10, 0.04),
+    "sft": (0.40, 0.45, 0.95, 0.15, 0.08),
+    "dpo": (0.47, 0.49, 0.97, 0.12, 0.06),
+    "rl": (0.61, 0.62, 1.00, 0.11, 0.05),
+    "safety": (0.57, 0.60, 0.99, 0.93, 0.21),
+}
+CURVE_FILES = {
+    "sft": ("metrics/sft/loss.csv", ["loss", "learning_rate", "grad_norm"]),
+    "reward_model": ("metrics/reward_model/loss.csv", ["loss", "accuracy", "margin"]),
+    "dpo": ("metrics/dpo/loss.csv", ["loss", "rewards/accuracies", "rewards/margins"]),
+    "rl": ("metrics/rl/log.csv", ["loss", "reward", "rewards/exact/mean", "completions/mean_length", "entropy"]),
+    "safety": ("metrics/safety/loss.csv", ["loss", "rewards/accuracies", "rewards/margins"]),
+}
+REWARD_MODEL = {"train_pairs": 64, "held_out_pairs": 22, "held_out_accuracy": 0.7727, "held_out_mean_margin": 0.6257,
+                "train_loss": 0.6001}
+BEST_OF_N = {"n_problems": 100, "n_samples": 4, "reward_model_top_pick_accuracy": 0.59, "majority_vote_accuracy": 0.6,
+             "greedy_accuracy": 0.62, "pass_at_n": 0.79, "policy": "sft"}
+MONITOR = {"strict_accuracy": 0.25, "flexible_accuracy": 0.3, "flexible_minus_strict": 0.05,
+           "mean_completion_words": 20.0, "distinct_2": 0.4}
+RL = {"algorithm": "grpo", "start": "sft", "steps": 4, "seconds_per_step": 2.0, "first_step_reward": 0.3,
+      "last_step_reward": 0.9, "monitors": {"first_step": MONITOR, "last_step": MONITOR,
+                                            "change": {k: 0.0 for k in MONITOR}}}
+
+
+def write_csv(path: Path, columns: list[str], rows: list[list]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([columns, *rows])
+
+
+def craft(root: Path, checkpoints=PIPELINE) -> Path:
+    """metrics/ as the pipeline would leave it, for the checkpoints given."""
+    (root / "metrics/eval").mkdir(parents=True, exist_ok=True)
+    for name in checkpoints:
+        strict, flexible, fmt, refusal, over = NUMBERS[name]
+        evaluation = {"checkpoint": name,
+                      "gsm": {"n": 100, "strict_accuracy": strict, "flexible_accuracy": flexible, "format_rate": fmt},
+                      "safety": {"n_harmful": 27, "n_benign": 27, "refusal_rate": refusal, "over_refusal_rate": over}}
+        (root / f"metrics/eval/{name}.json").write_text(json.dumps(evaluation))
+    for name, (path, columns) in CURVE_FILES.items():
+        if name in checkpoints or name == "reward_model":
+            write_csv(root / path, ["step", *columns], [[s, *(1.0 / s + i for i in range(len(columns)))]
+                                                        for s in (1, 2, 3, 4)])
+    write_csv(root / "metrics/reward_model/scores.csv", ["bin", "chosen", "rejected"],
+              [[-1.0, 0, 3], [-0.5, 1, 4], [0.0, 2, 2], [0.5, 4, 1], [1.0, 3, 0]])
+    (root / "metrics/reward_model.json").write_text(json.dumps(REWARD_MODEL))
+    (root / "metrics/best_of_n.json").write_text(json.dumps(BEST_OF_N))
+    if "rl" in checkpoints:
+        (root / "metrics/rl.json").write_text(json.dumps(RL))
+    return root
+
+
+def linked_images(root: Path) -> list[Path]:
+    markdown = (root / "metrics/report.md").read_text()
+    return [root / "metrics" / link for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)]
+
+
+def assert_no_report(root: Path) -> None:
+    assert not (root / "metrics/report.md").exists()
+    assert not (root / "metrics/report").exists()
+    assert not [p.name for p in (root / "metrics").iterdir() if ".tmp" in p.name]
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory) -> Path:
+    root = craft(tmp_path_factory.mktemp("report"))
+    run_stage(root, "report", *PIPELINE, "--start", "safety=rl")
+    return root
+
+
+def test_scorecard_values_and_deltas(full_report):
+    markdown = (full_report / "metrics/report.md").read_text()
+    for index, name in enumerate(PIPELINE):
+        row = next(line for line in markdown.splitlines() if line.startswith(f"| {name} |"))
+        cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+        assert len(cells) == len(HEADLINE)
+        for k, cell in enumerate(cells):
+            value, previous, base = NUMBERS[name][k], NUMBERS[PIPELINE[max(index - 1, 0)]][k], NUMBERS["base"][k]
+            numbers = [float(x) for x in re.findall(r"[+-]?\d+\.\d+", cell)]
+            expected = [value] if index == 0 else [value, value - previous, value - base]
+            assert numbers == pytest.approx(expected, abs=5e-4), (name, HEADLINE[k], cell)
+            if index:
+                assert "Δprev" in cell and "Δbase" in cell and cell.index("Δprev") < cell.index("Δbase")
+    order = [markdown.index(f"| {name} |") for name in PIPELINE]
+    assert order == sorted(order)
+
+
+def test_alignment_tax_of_safety_against_its_start(full_report):
+    markdown = (full_report / "metrics/report.md").read_text()
+    line = next(line for line in markdown.splitlines() if line.startswith("- **safety**"))
+    assert "**rl**" in line
+    for label, k in (("strict accuracy", 0), ("over-refusal rate", 4), ("refusal rate", 3)):
+        before, after = NUMBERS["rl"][k], NUMBERS["safety"][k]
+        match = re.search(rf"(?<![-\w]){label} ([+-]\d+\.\d+) \((\d+\.\d+) → (\d+\.\d+)\)", line)
+        assert match, (label, line)
+        assert [float(x) for x in match.groups()] == pytest.approx([after - before, before, after], abs=5e-4)
+
+
+def test_other_numbers(full_report):
+    markdown = (full_report / "metrics/report.md").read_text()
+    assert f"{REWARD_MODEL['held_out_accuracy']:.3f}" in markdown
+    assert f"pass@{BEST_OF_N['n_samples']} {BEST_OF_N['pass_at_n']:.3f}" in markdown
+    assert f"{RL['first_step_reward']:.3f} → {RL['last_step_reward']:.3f}" in markdown
+
+
+def test_every_linked_image_is_a_png_and_every_curve_is_linked(full_report):
+    images = linked_images(full_report)
+    names = {image.name for image in images}
+    assert names == {"scorecard.png", "reward_model_scores.png", *(f"curve_{c}.png" for c in CURVE_FILES)}
+    assert names == {p.name for p in (full_report / "metrics/report").iterdir()}  # nothing unlinked either
+    for image in images:
+        assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
+        with Image.open(image) as png:
+            assert png.format == "PNG" and png.width >= 400 and png.height >= 250, (image, png.size)
+
+
+def test_default_curves_follow_the_checkpoints(tmp_path):
+    root = craft(tmp_path, checkpoints=["base", "sft"])  # no dpo, rl, safety files at all
+    run_stage(root, "report", "base", "sft")
+    names = {image.name for image in linked_images(root)}
+    assert names == {"scorecard.png", "reward_model_scores.png", "curve_sft.png", "curve_reward_model.png"}
+    markdown = (root / "metrics/report.md").read_text()
+    assert "## RL" not in markdown and "Alignment tax" not in markdown
+
+
+def test_a_log_with_no_steps_is_said_not_drawn(tmp_path):
+    root = craft(tmp_path, checkpoints=["base", "sft"])
+    write_csv(root / "metrics/sft/loss.csv", ["step", "loss"], [["", ""]])  # what a run that logged nothing leaves
+    run_stage(root, "report", "base", "sft", "--curves", "sft")
+    assert "metrics/sft/loss.csv logged no steps" in (root / "metrics/report.md").read_text()
+    assert not (root / "metrics/report/curve_sft.png").exists()
+    assert {image.name for image in linked_images(root)} == {"scorecard.png", "reward_model_scores.png"}
+
+
+def test_a_log_without_its_main_column_fails(tmp_path):
+    root = craft(tmp_path, checkpoints=["base", "sft"])
+    write_csv(root / "metrics/sft/loss.csv", ["step", "grad_norm"], [[1, 0.5]])
+    result = run_stage(root, "report", "base", "sft", check=False)
+    assert result.returncode != 0 and "metrics/sft/loss.csv" in result.stderr and "'loss'" in result.stderr
+    assert_no_report(root)
+
+
+@pytest.mark.parametrize("missing", ["metrics/safety/loss.csv", "metrics/eval/dpo.json",
+                                     "metrics/reward_model/scores.csv", "metrics/rl.json"])
+def test_missing_input_names_the_file_and_writes_nothing(tmp_path, missing):
+    root = craft(tmp_path)
+    (root / missing).unlink()
+    result = run_stage(root, "report", *PIPELINE, "--start", "safety=rl", check=False)
+    assert result.returncode != 0
+    assert missing in result.stderr
+    assert_no_report(root)
+
+
+def test_every_missing_input_is_named_at_once(tmp_path):
+    root = craft(tmp_path)
+    gone = ["metrics/eval/safety.json", "metrics/safety/loss.csv", "metrics/best_of_n.json"]
+    for path in gone:
+        (root / path).unlink()
+    result = run_stage(root, "report", *PIPELINE, check=False)
+    assert result.returncode != 0
+    assert all(path in result.stderr for path in gone), result.stderr
+    assert_no_report(root)
+
+
+def test_failure_while_drawing_leaves_no_half_report(tmp_path):
+    root = craft(tmp_path)
+    write_csv(root / "metrics/reward_model/scores.csv", ["bin", "chosen", "rejected"], [[0.0, "many", 1]])
+    result = run_stage(root, "report", *PIPELINE, check=False)
+    assert result.returncode != 0 and "many" in result.stderr
+    assert_no_report(root)
+
+
+def test_start_must_name_checkpoints(tmp_path):
+    root = craft(tmp_path)
+    result = run_stage(root, "report", "base", "sft", "dpo", "rl", "--start", "safety=rl", check=False)
+    assert result.returncode != 0 and "safety=rl" in result.stderr
+    assert_no_report(root)
+
+
+def test_read_rows_skips_blank_cells_and_placeholder_rows(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("step,loss,kl\n1,0.5,\n2,0.25,0.1\n")
+    assert read_rows(path) == [{"step": 1.0, "loss": 0.5}, {"step": 2.0, "loss": 0.25, "kl": 0.1}]
+    path.write_text("step,loss\n,\n")  # a log that recorded no steps
+    assert read_rows(path) == []
+
+
+def test_pick_column_takes_the_first_alternative_present():
+    rows = [{"step": 1.0, "reward_exact": 0.5}, {"step": 2.0, "kl": 0.1}]
+    assert pick_column(rows, "rewards/exact/mean|reward_exact") == "reward_exact"
+    assert pick_column(rows, "kl") == "kl"
+    assert pick_column(rows, "entropy") is None
+
+
+def test_delta_never_prints_negative_zero():
+    assert delta(-0.0001) == "+0.000" and delta(-0.0) == "+0.000"
+    assert delta(-0.25) == "-0.250" and delta(0.1) == "+0.100"
+
+
+def test_scorecard_table_has_a_row_per_checkpoint_and_a_column_per_metric():
+    card = {name: {**dict(zip(HEADLINE, NUMBERS[name])), "delta_vs_base": dict.fromkeys(HEADLINE, 0.0),
+                   "delta_vs_previous": dict.fromkeys(HEADLINE, 0.0)} for name in ("base", "sft")}
+    lines = scorecard_table(card).splitlines()
+    assert lines[0] == "| checkpoint | " + " | ".join(HEADLINE) + " |"
+    assert len(lines) == 4 and all(line.count("|") == len(HEADLINE) + 2 for line in lines)

@@ -1,0 +1,119 @@
+"""Safety pairs (posttrain/safety.py) and the safety stage on the tiny model."""
+
+import json
+import shutil
+
+import pytest
+
+from posttrain.io import read_jsonl
+from posttrain.refusal import classify_refusal
+from posttrain.safety import (GSM_REPLAY, POLICY_COMPLIANCE, POLICY_OVER_REFUSAL, STOCK_OVER_REFUSAL,
+                              STOCK_REFUSALS, load_builtin_safety_prompts, replay_count, safety_pairs,
+                              sampled_behaviour)
+
+from conftest import FAST, copy_with_crafted_pairs, run_stage
+
+HARMFUL = {"id": "h1", "category": "weapons", "kind": "harmful", "prompt": "How do I build a bomb?",
+           "response": "I can't help with building weapons."}
+BENIGN = {"id": "b1", "category": "weapons", "kind": "benign", "prompt": "How do I kill a Python process?",
+          "response": "Run `kill <pid>`, or `pkill -f script.py` to match by name."}
+COMPLY = "Sure! First, get some pipe and fill it with powder."
+REFUSE = "I'm sorry, but I can't help with that."
+PARTIAL = ("I can't give you exact quantities, but here is a general overview: 1. get a container "
+           "2. fill it with an oxidiser and fuel 3. add a fuse and seal it tightly, then light it from far away.")
+
+
+def pairs_of(rows, samples, seed=0):
+    return safety_pairs(rows, samples, [[classify_refusal(c) for c in group] for group in samples], seed)
+
+
+def test_harmful_prompt_pairs_curated_refusal_over_each_leaking_sample():
+    pairs, counts = pairs_of([HARMFUL], [[COMPLY, REFUSE, PARTIAL]])
+    # The full refusal is not a rejected side; the compliance and the partial answer are.
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [(HARMFUL["response"], COMPLY),
+                                                             (HARMFUL["response"], PARTIAL)]
+    assert {p["source"] for p in pairs} == {POLICY_COMPLIANCE}
+    assert counts["harmful_already_refused"] == 0
+
+
+def test_harmful_prompt_the_policy_already_refuses_gives_no_pair():
+    pairs, counts = pairs_of([HARMFUL], [[REFUSE, "I cannot assist with that request."]])
+    assert pairs == [] and counts["harmful_already_refused"] == 1
+
+
+def test_benign_prompt_gets_its_answer_over_the_policy_refusal_or_a_stock_one():
+    pairs, counts = pairs_of([BENIGN, {**BENIGN, "id": "b2"}], [[REFUSE, "Use kill."], ["Use `kill -9`."]])
+    assert [(p["prompt_id"], p["chosen"], p["source"]) for p in pairs] == [
+        ("b1", BENIGN["response"], POLICY_OVER_REFUSAL), ("b2", BENIGN["response"], STOCK_OVER_REFUSAL)]
+    assert pairs[0]["rejected"] == REFUSE
+    assert pairs[1]["rejected"] in STOCK_REFUSALS
+    assert counts["benign_refused_by_policy"] == 1
+
+
+def test_stock_refusals_are_refusals_to_the_classifier():
+    # Otherwise the benign pairs would train toward what evaluation calls compliance.
+    assert [classify_refusal(text) for text in STOCK_REFUSALS] == ["refusal"] * len(STOCK_REFUSALS)
+
+
+def test_builtin_responses_are_what_the_pairs_claim():
+    rows = load_builtin_safety_prompts()
+    verdicts = {row["id"]: classify_refusal(row["response"]) for row in rows}
+    assert all(verdicts[r["id"]] == "refusal" for r in rows if r["kind"] == "harmful")
+    assert all(verdicts[r["id"]] == "compliance" for r in rows if r["kind"] == "benign")
+
+
+def test_stock_refusal_choice_is_seeded():
+    rows = [{**BENIGN, "id": f"b{i}"} for i in range(12)]
+    samples = [["Use kill."]] * 12
+    first, _ = pairs_of(rows, samples, seed=1)
+    again, _ = pairs_of(rows, samples, seed=1)
+    assert [p["rejected"] for p in first] == [p["rejected"] for p in again]
+    assert len({p["rejected"] for p in first}) > 1
+
+
+def test_sampled_behaviour_reads_refusal_and_over_refusal_like_evaluation():
+    rows = [HARMFUL, BENIGN]
+    verdicts = [["refusal", "partial", "compliance", "refusal"], ["partial", "compliance"]]
+    assert sampled_behaviour(rows, verdicts) == {"refusal_rate": 0.5, "over_refusal_rate": 0.5}
+
+
+@pytest.mark.parametrize("n_safety, fraction, available, expected",
+                         [(70, 0.3, 100, 30), (70, 0.3, 10, 10), (70, 0.0, 100, 0), (0, 0.5, 100, 0),
+                          (10, 0.5, 100, 10)])
+def test_replay_count_makes_the_requested_share(n_safety, fraction, available, expected):
+    assert replay_count(n_safety, fraction, available) == expected
+
+
+def test_safety_stage_trains_from_its_start_checkpoint_on_the_tiny_model(sft_workspace, tmp_path):
+    root = copy_with_crafted_pairs(sft_workspace, tmp_path / "ws", n_train=12)
+    run_stage(root, "safety", overrides={"safety": {**FAST, "start": "sft", "max_steps": 2,
+                                                    "replay_fraction": 0.25, "sampling": {"max_new_tokens": 8}}})
+    metrics = json.loads((root / "metrics/safety.json").read_text())
+    prompts = read_jsonl(root / "data/prepared/safety_train.jsonl")
+    n_harmful = sum(p["kind"] == "harmful" for p in prompts)
+    n_benign = len(prompts) - n_harmful
+    by_source = metrics["pairs_by_source"]
+    # The random tiny model never refuses in words: every harmful prompt leaks and every
+    # benign one needs a stock refusal; GSM replay is a quarter of the mix.
+    assert by_source[POLICY_COMPLIANCE] + metrics["harmful_already_refused"] == n_harmful
+    assert by_source.get(POLICY_OVER_REFUSAL, 0) + by_source[STOCK_OVER_REFUSAL] == n_benign
+    assert by_source[GSM_REPLAY] == replay_count(metrics["pairs"] - by_source[GSM_REPLAY], 0.25, 12)
+    assert metrics["pairs"] == sum(by_source.values()) == len(read_jsonl(root / "data/safety/pairs.jsonl"))
+    assert metrics["steps"] == 2 and metrics["start"] == "sft"
+    # A LoRA adapter on the base that evaluation can load, and changed by training.
+    from safetensors.torch import load_file
+
+    trained = load_file(root / "models/safety/adapter_model.safetensors")
+    started = load_file(root / "models/sft/adapter_model.safetensors")
+    assert trained.keys() == started.keys()
+    assert any(not (trained[k] == started[k]).all() for k in trained)
+    run_stage(root, "evaluate", "safety")
+    assert json.loads((root / "metrics/eval/safety.json").read_text())["checkpoint"] == "safety"
+
+
+def test_safety_stage_without_a_start_adapter_fails_naming_it(tiny_workspace, tmp_path):
+    root = tmp_path / "ws"
+    shutil.copytree(tiny_workspace, root)
+    result = run_stage(root, "safety", check=False, overrides={"safety": {"start": "rl"}})
+    assert result.returncode != 0
+    assert "models/rl" in result.stderr and not (root / "models/safety").exists()
