@@ -43,6 +43,12 @@ def read_rows(path: str | Path, key: str = "step") -> list[dict[str, float]]:
     return [row for row in rows if key in row]
 
 
+def csv_columns(path: str | Path) -> list[str]:
+    """The header of a CSV: the columns a log declares, logged at some step or not."""
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
+
+
 def pick_column(rows: list[dict[str, float]], spec: str) -> str | None:
     """The first of the '|'-separated alternative column names that the log has."""
     present = {key for row in rows for key in row}

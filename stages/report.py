@@ -45,7 +45,7 @@ args = parser.parse_args()
 
 from posttrain.evaluation import headline, scorecard  # noqa: E402
 from posttrain.io import atomic_dir, write_text_atomic  # noqa: E402
-from posttrain.report import (alignment_tax, best_of_n_line, image, missing_inputs, pick_column,  # noqa: E402
+from posttrain.report import (alignment_tax, best_of_n_line, csv_columns, image, missing_inputs, pick_column,  # noqa: E402
                               plot_curve, plot_histogram, plot_scorecard, read_rows, reward_model_line, rl_section,
                               scorecard_table)
 
@@ -82,7 +82,9 @@ columns = {name: [c for c in (pick_column(logs[name], spec) for spec in CURVES[n
 for name in curves:
     first = CURVES[name][1][0]
     if logs[name] and pick_column(logs[name], first) is None:
-        sys.exit(f"report: {CURVES[name][0]} has no column {first!r}, nothing written")
+        if not set(first.split("|")) & set(csv_columns(CURVES[name][0])):
+            sys.exit(f"report: {CURVES[name][0]} has no column {first!r}, nothing written")
+        logs[name] = []  # declared but never logged: the run ended before its first logging step
 reward_model = json.loads(Path(REWARD_MODEL).read_text())
 best_of_n = json.loads(Path(BEST_OF_N).read_text())
 rl = json.loads(Path(RL).read_text()) if "rl" in args.checkpoints else None

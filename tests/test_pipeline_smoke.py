@@ -64,8 +64,8 @@ def pipeline(tmp_path_factory):
     outputs["exp"] = run(["dvc", "exp", "run", "-n", "short-eval", "-S", "evaluate.max_new_tokens=12"], root, env)
     run(["git", "checkout", "-q", "--", "."], root, env)  # back to the committed baseline
     run(["dvc", "checkout", "-q"], root, env)
-    for beta in ("0.05", "0.5"):
-        run(["dvc", "exp", "run", "--queue", "-n", f"beta-{beta}", "-S", f"safety.beta={beta}"], root, env)
+    for steps in (3, 4):  # a knob whose effect on the metrics is certain: the safety stage's step count
+        run(["dvc", "exp", "run", "--queue", "-n", f"steps-{steps}", "-S", f"safety.max_steps={steps}"], root, env)
     run(["dvc", "queue", "start", "-j", "2"], root, env)
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -138,11 +138,11 @@ def test_mlflow_nests_each_pipeline_runs_stages_under_one_parent(pipeline):
             children[r.data.tags["mlflow.parentRunId"]].append(r)  # every stage run has a parent
     by_experiment = {p.data.tags["dvc.experiment"]: children[run_id] for run_id, p in parents.items()}
     # The no-op repro ran no stage, so opened no pipeline run.
-    assert set(by_experiment) == {"workspace", "short-eval", "beta-0.05", "beta-0.5"}
+    assert set(by_experiment) == {"workspace", "short-eval", "steps-3", "steps-4"}
     assert {r.data.tags["posttrain.stage"] for r in by_experiment["workspace"]} == STAGE_RUNS
     assert sorted(r.data.tags["posttrain.stage"] for r in by_experiment["short-eval"]) == sorted(
         s for s in stages_ran(outputs["exp"]) if s in STAGE_RUNS)
-    for name in ("beta-0.05", "beta-0.5"):  # queued: ran in .dvc/tmp/exps copies, logged here
+    for name in ("steps-3", "steps-4"):  # queued: ran in .dvc/tmp/exps copies, logged here
         assert {r.data.tags["posttrain.stage"] for r in by_experiment[name]} == {"safety", "evaluate@safety"}
     commit = subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=root, capture_output=True, text=True).stdout.strip()
     for r in by_experiment["workspace"]:
@@ -172,11 +172,11 @@ def test_queued_experiments_land_in_the_one_repository(pipeline):
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env))
     experiments = {e["name"]: e for baseline in shown for e in (baseline.get("experiments") or [])
                    for e in [e["revs"][0]] if e.get("name")}
-    assert {"beta-0.05", "beta-0.5", "short-eval"} <= set(experiments)
-    diff = json.loads(run(["dvc", "metrics", "diff", "beta-0.05", "beta-0.5", "--json"], root, env))
-    assert "metrics/safety.json" in diff
+    assert {"steps-3", "steps-4", "short-eval"} <= set(experiments)
+    diff = json.loads(run(["dvc", "metrics", "diff", "steps-3", "steps-4", "--json"], root, env))
+    assert diff["metrics/safety.json"]["steps"] == {"old": 3, "new": 4, "diff": 1}, diff
     # The queued outputs are in the repository's cache: applying one needs nothing rebuilt.
-    run(["dvc", "exp", "apply", "beta-0.5"], root, env)
+    run(["dvc", "exp", "apply", "steps-4"], root, env)
     status = run(["dvc", "status"], root, env)
     assert "changed" not in status, status
-    assert yaml.safe_load((root / "params.yaml").read_text())["safety"]["beta"] == 0.5
+    assert yaml.safe_load((root / "params.yaml").read_text())["safety"]["max_steps"] == 4

@@ -150,6 +150,15 @@ def test_a_log_with_no_steps_is_said_not_drawn(tmp_path):
     assert {image.name for image in linked_images(root)} == {"scorecard.png", "reward_model_scores.png"}
 
 
+def test_a_run_too_short_to_log_its_loss_is_said_not_drawn(tmp_path):
+    # One step with logging_steps 2: the trainer's final entry fills the reward columns, not the loss.
+    root = craft(tmp_path, checkpoints=["base", "sft"])
+    write_csv(root / "metrics/sft/loss.csv", ["step", "loss", "grad_norm"], [[1, "", 0.5]])
+    run_stage(root, "report", "base", "sft", "--curves", "sft")
+    assert "metrics/sft/loss.csv logged no steps" in (root / "metrics/report.md").read_text()
+    assert not (root / "metrics/report/curve_sft.png").exists()
+
+
 def test_a_log_without_its_main_column_fails(tmp_path):
     root = craft(tmp_path, checkpoints=["base", "sft"])
     write_csv(root / "metrics/sft/loss.csv", ["step", "grad_norm"], [[1, 0.5]])
