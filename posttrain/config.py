@@ -257,11 +257,22 @@ class RlParams(_Section):
         return self
 
 
+class ReplayParams(_Section):
+    """GSM pairs mixed into the safety training so math does not regress."""
+
+    fraction: float = Field(0.3, ge=0, lt=1, description="share of GSM pairs in the training mix; 0 = none")
+    source: Literal["on_policy", "preferences"] = Field(
+        "on_policy", description="on_policy: pairs from the start policy's own samples on GSM training prompts; "
+        "preferences: the pairs of stage preferences (sampled from the SFT policy)")
+    samples_per_prompt: int = Field(2, ge=1, description="on_policy: start-policy samples per GSM prompt")
+    max_new_tokens: int = Field(160, gt=0, description="on_policy: completion budget per GSM sample")
+
+
 class SafetyParams(DpoParams):
     """Refusal alignment: DPO on safety pairs plus replayed GSM pairs, from `start`."""
 
     start: Literal["sft", "dpo", "rl"] = Field("rl", description="checkpoint to align; also the DPO reference")
-    replay_fraction: float = Field(0.3, ge=0, lt=1, description="share of GSM preference pairs in the mix")
+    replay: ReplayParams = ReplayParams()
     sft_weight: float = Field(0.0, ge=0, description="weight of an NLL loss on the chosen side (RPO); 0 = off")
     samples_per_prompt: int = Field(1, ge=1, description="start-policy completions per safety training prompt")
     sampling: SamplingParams = SamplingParams()

@@ -161,6 +161,28 @@ def safety_example(pair: dict, prompt) -> dict:
             "rejected": [{"role": "assistant", "content": pair["rejected"]}]}
 
 
+def on_policy_replay_pairs(records: list[dict], samples: list[list[str]], seed: int) -> list[dict]:
+    """GSM replay pairs from the start policy's own samples: one pair per prompt, built
+    as stage preferences builds them (posttrain/preferences.py): a correct sample over a
+    wrong one; with no wrong sample, a correct one over the reference made wrong; with no
+    correct one, the reference over a wrong sample.
+
+    Why on-policy: DPO with an NLL term (sft_weight) holds the policy to the chosen text.
+    Chosen solutions the start policy itself wrote anchor exactly the arithmetic it does
+    today, while the safety pairs move it; pairs sampled from an earlier checkpoint pull
+    it towards that checkpoint's habits and mistakes instead. Each pair keeps how it was
+    built under `replay_kind`."""
+    from posttrain.preferences import pairs_for_prompt
+
+    rng = random.Random(seed)
+    pairs = []
+    for record, group in zip(records, samples, strict=True):
+        built = pairs_for_prompt(record, group, when_all_wrong="reference", when_all_correct="corrupt", rng=rng)
+        if built:
+            pairs.append({**built[0].as_dict(), "source": GSM_REPLAY, "replay_kind": built[0].source})
+    return pairs
+
+
 def replay_count(n_safety: int, replay_fraction: float, available: int) -> int:
     """GSM pairs to mix in so they make up replay_fraction of the whole (capped by what exists)."""
     if replay_fraction <= 0 or n_safety == 0:

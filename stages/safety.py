@@ -3,12 +3,13 @@
     PYTHONPATH=. python -m posttrain.launch stages/safety.py
 
 Reads params: seed, prompt, safety, launch. From the `safety.start` checkpoint (RL by default):
-1. sample the start policy on the safety training prompts and classify each completion
-   (posttrain/refusal.py) as refusal, partial or compliance;
-2. build pairs (posttrain/safety.py): harmful prompt -> curated brief refusal over the
-   policy's complying completion; benign look-alike -> curated helpful answer over a
-   refusal (the policy's own, else a stock one);
-3. mix in a replay share of GSM preference pairs so math does not regress;
+1. sample the start policy on the safety training prompts, classify each completion
+   (posttrain/refusal.py) as refusal, partial or compliance, and build pairs (posttrain/safety.py): harmful prompt -> curated brief refusal over
+   the policy's complying completion; benign look-alike -> curated helpful answer over
+   a refusal (the policy's own, else a stock one);
+2. mix in a replay share of GSM pairs so math does not regress: by default from the
+   start policy's own samples on GSM training prompts (on-policy), graded by the verifier;
+3. shuffle them together;
 4. continue the start adapter with DPO, the start policy as reference.
 Writes the adapter to models/safety/, the pairs to data/safety/pairs.jsonl,
 metrics/safety.json and the DPO log to metrics/safety/loss.csv. `evaluate@safety`
@@ -26,17 +27,19 @@ params = load_params()
 
 from posttrain import runtime, tracking  # noqa: E402
 from posttrain.dpo import train_dpo  # noqa: E402
-from posttrain.generation import chat_messages, generate, render_prompts  # noqa: E402
+from posttrain.generation import chat_messages, generate, gsm_messages, render_prompts  # noqa: E402
+from posttrain.gsm import grade  # noqa: E402
 from posttrain.io import read_jsonl, write_json, write_jsonl  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_causal_lm, load_tokenizer  # noqa: E402
 from posttrain.preferences import preference_example  # noqa: E402
 from posttrain.refusal import classify_refusal  # noqa: E402
 from posttrain.safety import (  # noqa: E402
-    GSM_REPLAY, replay_count, safety_example, safety_pairs, sampled_behaviour)
+    GSM_REPLAY, on_policy_replay_pairs, replay_count, safety_example, safety_pairs, sampled_behaviour)
 from posttrain.training import process_state  # noqa: E402
 
 SAFETY_PROMPTS = "data/prepared/safety_train.jsonl"
-GSM_PAIRS = "data/preferences/train.jsonl"
+GSM_PROMPTS = "data/prepared/rl.jsonl"        # replay.source on_policy
+GSM_PAIRS = "data/preferences/train.jsonl"    # replay.source preferences
 OUT_DIR = "models/safety"
 PAIRS_FILE = "data/safety/pairs.jsonl"
 METRICS_FILE = "metrics/safety.json"
@@ -47,24 +50,48 @@ runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("safety", params, ["seed", "prompt", "safety"]):
     state = process_state()
     if state.is_main_process:  # under `accelerate launch`, one process samples and builds the pairs
-        # 1. What the start policy does with the training prompts today.
-        rows = read_jsonl(SAFETY_PROMPTS)
         base_dir, adapter_dir = checkpoint_dirs(cfg.start)
         tokenizer = load_tokenizer(base_dir)
         policy = load_causal_lm(base_dir, adapter_dir)
-        k, s = cfg.samples_per_prompt, cfg.sampling
-        prompts = render_prompts(tokenizer, [chat_messages(row["prompt"], params.prompt) for row in rows])
-        out = generate(policy, tokenizer, [p for p in prompts for _ in range(k)], s.max_new_tokens, s.batch_size,
-                       s.temperature, s.top_p, desc=f"sampling {cfg.start}")
-        samples = [out.completions[i * k : (i + 1) * k] for i in range(len(rows))]
+        s = cfg.sampling
+
+        def sample(messages: list, k: int, max_new_tokens: int, desc: str, **kwargs):
+            """k sampled completions per conversation, grouped per conversation."""
+            out = generate(policy, tokenizer, [p for p in render_prompts(tokenizer, messages) for _ in range(k)],
+                           max_new_tokens, s.batch_size, s.temperature, s.top_p, desc=desc, **kwargs)
+            return [out.completions[i * k : (i + 1) * k] for i in range(len(messages))], out.seconds
+
+        # 1. What the start policy does with the safety training prompts today.
+        rows = read_jsonl(SAFETY_PROMPTS)
+        samples, sampling_seconds = sample([chat_messages(row["prompt"], params.prompt) for row in rows],
+                                           cfg.samples_per_prompt, s.max_new_tokens, f"sampling {cfg.start}")
         verdicts = [[classify_refusal(c) for c in group] for group in samples]
+        pairs, already = safety_pairs(rows, samples, verdicts, params.seed)
+
+        # 2. GSM pairs to replay, making up replay.fraction of the mix.
+        r = cfg.replay
+        if r.source == "on_policy":  # the start policy's own solutions (posttrain/safety.py says why)
+            records = read_jsonl(GSM_PROMPTS)
+            random.Random(params.seed).shuffle(records)
+            records = records[: replay_count(len(pairs), r.fraction, len(records))]  # at most one pair each
+            gsm_samples, gsm_seconds = sample([gsm_messages(rec["question"], params.prompt) for rec in records],
+                                              r.samples_per_prompt, r.max_new_tokens, f"sampling {cfg.start} on GSM",
+                                              stop_after_answer=True)
+            replay = on_policy_replay_pairs(records, gsm_samples, params.seed)
+            graded = [grade(c, rec["answer"]).strict_correct for rec, group in zip(records, gsm_samples) for c in group]
+            replay_metrics = {"prompts": len(records), "sampling_seconds": round(gsm_seconds, 1),
+                              "start_policy_sample_strict_accuracy": round(sum(graded) / max(1, len(graded)), 4)}
+        else:  # stage preferences' pairs, sampled from the SFT policy
+            gsm_pairs = read_jsonl(GSM_PAIRS)
+            n_replay = replay_count(len(pairs), r.fraction, len(gsm_pairs))
+            replay = [{**p, "source": GSM_REPLAY, "replay_kind": p["source"]}
+                      for p in random.Random(params.seed).sample(gsm_pairs, n_replay)]
+            replay_metrics = {}
+        replay_metrics = {"source": r.source, **replay_metrics,
+                          "pairs_by_kind": dict(Counter(p["replay_kind"] for p in replay))}
         del policy
 
-        # 2-3. Safety pairs, plus replayed GSM pairs, shuffled together.
-        pairs, already = safety_pairs(rows, samples, verdicts, params.seed)
-        gsm_pairs = read_jsonl(GSM_PAIRS)
-        n_replay = replay_count(len(pairs), cfg.replay_fraction, len(gsm_pairs))
-        replay = [{**p, "source": GSM_REPLAY} for p in random.Random(params.seed).sample(gsm_pairs, n_replay)]
+        # 3. Safety and replay pairs, shuffled together.
         mix = pairs + replay
         random.Random(params.seed).shuffle(mix)
         mix = mix[: cfg.max_pairs]
@@ -93,7 +120,8 @@ with tracking.stage_run("safety", params, ["seed", "prompt", "safety"]):
         "train_loss": result.train_loss,
         "final_reward_accuracy": result.final_reward_accuracy,
         "final_reward_margin": result.final_reward_margin,
-        "sampling_seconds": round(out.seconds, 1),
+        "replay": replay_metrics,
+        "sampling_seconds": round(sampling_seconds, 1),
         "seconds": result.seconds,
         "processes": result.processes,
     }

@@ -7,9 +7,11 @@ import pytest
 
 from posttrain.io import read_jsonl
 from posttrain.refusal import classify_refusal
+from posttrain.gsm import grade
+from posttrain.preferences import REFERENCE_VS_SAMPLED, SAMPLED, SAMPLED_VS_CORRUPTED
 from posttrain.safety import (GSM_REPLAY, POLICY_COMPLIANCE, POLICY_OVER_REFUSAL, STOCK_OVER_REFUSAL,
-                              STOCK_REFUSALS, load_builtin_safety_prompts, replay_count, safety_pairs,
-                              sampled_behaviour)
+                              STOCK_REFUSALS, load_builtin_safety_prompts, on_policy_replay_pairs, replay_count,
+                              safety_pairs, sampled_behaviour)
 
 from conftest import FAST, copy_with_crafted_pairs, run_stage
 
@@ -84,21 +86,70 @@ def test_replay_count_makes_the_requested_share(n_safety, fraction, available, e
     assert replay_count(n_safety, fraction, available) == expected
 
 
+GSM = {"id": "g1", "question": "Lucas has 2 coins. He finds 2 times as many. How many coins now?", "answer": "4",
+       "solution": "2 times as many is 2 * 2 = 4 coins.\n#### 4"}
+RIGHT = "He has 2 * 2 = 4 coins.\n#### 4"
+WRONG = "He has 2 + 3 = 5 coins.\n#### 5"
+ALSO_WRONG = "He has 2 * 3 = 6 coins.\n#### 6"
+
+
+def test_on_policy_replay_pairs_the_policy_s_right_solution_over_its_wrong_one():
+    [pair] = on_policy_replay_pairs([GSM], [[WRONG, RIGHT, ALSO_WRONG]], seed=0)
+    # One pair per prompt, so the replay spreads over prompts rather than piling on one.
+    assert (pair["chosen"], pair["rejected"], pair["source"], pair["replay_kind"]) == (RIGHT, WRONG, GSM_REPLAY,
+                                                                                       SAMPLED)
+    assert (pair["prompt_id"], pair["question"]) == (GSM["id"], GSM["question"])
+
+
+def test_on_policy_replay_without_a_wrong_sample_rejects_the_reference_made_wrong():
+    [pair] = on_policy_replay_pairs([GSM], [[RIGHT, RIGHT]], seed=0)
+    assert pair["chosen"] == RIGHT and pair["replay_kind"] == SAMPLED_VS_CORRUPTED
+    assert not grade(pair["rejected"], GSM["answer"]).strict_correct
+
+
+def test_on_policy_replay_without_a_right_sample_prefers_the_reference():
+    [pair] = on_policy_replay_pairs([GSM], [[WRONG, ALSO_WRONG]], seed=0)
+    assert (pair["chosen"], pair["rejected"], pair["replay_kind"]) == (GSM["solution"], WRONG, REFERENCE_VS_SAMPLED)
+
+
+def test_on_policy_replay_skips_a_prompt_with_no_pair_to_make():
+    no_step = {**GSM, "solution": "#### 4"}  # nothing to corrupt, and every sample is right
+    assert on_policy_replay_pairs([no_step, GSM], [[RIGHT], [WRONG]], seed=0)[0]["prompt_id"] == GSM["id"]
+    assert len(on_policy_replay_pairs([no_step, GSM], [[RIGHT], [WRONG]], seed=0)) == 1
+
+
+def safety_run(root, replay: dict):
+    run_stage(root, "safety", overrides={"safety": {**FAST, "start": "sft", "max_steps": 2, "replay": replay,
+                                                    "sampling": {"max_new_tokens": 8}}})
+    metrics = json.loads((root / "metrics/safety.json").read_text())
+    mix = read_jsonl(root / "data/safety/pairs.jsonl")
+    assert metrics["pairs"] == sum(metrics["pairs_by_source"].values()) == len(mix)
+    return metrics, mix
+
+
 def test_safety_stage_trains_from_its_start_checkpoint_on_the_tiny_model(sft_workspace, tmp_path):
     root = copy_with_crafted_pairs(sft_workspace, tmp_path / "ws", n_train=12)
-    run_stage(root, "safety", overrides={"safety": {**FAST, "start": "sft", "max_steps": 2,
-                                                    "replay_fraction": 0.25, "sampling": {"max_new_tokens": 8}}})
-    metrics = json.loads((root / "metrics/safety.json").read_text())
+    metrics, mix = safety_run(root, {"fraction": 0.25, "source": "on_policy", "max_new_tokens": 8})
     prompts = read_jsonl(root / "data/prepared/safety_train.jsonl")
     n_harmful = sum(p["kind"] == "harmful" for p in prompts)
     n_benign = len(prompts) - n_harmful
     by_source = metrics["pairs_by_source"]
     # The random tiny model never refuses in words: every harmful prompt leaks and every
-    # benign one needs a stock refusal; GSM replay is a quarter of the mix.
+    # benign one needs a stock refusal.
     assert by_source[POLICY_COMPLIANCE] + metrics["harmful_already_refused"] == n_harmful
     assert by_source.get(POLICY_OVER_REFUSAL, 0) + by_source[STOCK_OVER_REFUSAL] == n_benign
-    assert by_source[GSM_REPLAY] == replay_count(metrics["pairs"] - by_source[GSM_REPLAY], 0.25, 12)
-    assert metrics["pairs"] == sum(by_source.values()) == len(read_jsonl(root / "data/safety/pairs.jsonl"))
+    # On-policy replay: GSM training prompts enough for a quarter of the mix (or all there
+    # are), one pair each; the random model is never right, so each pair is the reference
+    # solution over the policy's own wrong sample.
+    gsm = {r["id"]: r for r in read_jsonl(root / "data/prepared/rl.jsonl")}
+    replay = [p for p in mix if p["source"] == GSM_REPLAY]
+    n_safety = metrics["pairs"] - len(replay)
+    assert metrics["replay"]["source"] == "on_policy"
+    assert metrics["replay"]["prompts"] == replay_count(n_safety, 0.25, len(gsm)) == len(replay)
+    assert metrics["replay"]["start_policy_sample_strict_accuracy"] == 0
+    assert metrics["replay"]["pairs_by_kind"] == {REFERENCE_VS_SAMPLED: len(replay)}
+    assert len({p["prompt_id"] for p in replay}) == len(replay)
+    assert all(p["chosen"] == gsm[p["prompt_id"]]["solution"] for p in replay)
     assert metrics["steps"] == 2 and metrics["start"] == "sft"
     # A LoRA adapter on the base that evaluation can load, and changed by training.
     from safetensors.torch import load_file
@@ -109,6 +160,16 @@ def test_safety_stage_trains_from_its_start_checkpoint_on_the_tiny_model(sft_wor
     assert any(not (trained[k] == started[k]).all() for k in trained)
     run_stage(root, "evaluate", "safety")
     assert json.loads((root / "metrics/eval/safety.json").read_text())["checkpoint"] == "safety"
+
+
+def test_safety_stage_can_replay_the_preferences_stage_pairs(sft_workspace, tmp_path):
+    root = copy_with_crafted_pairs(sft_workspace, tmp_path / "ws", n_train=12)
+    metrics, mix = safety_run(root, {"fraction": 0.25, "source": "preferences"})
+    replay = [p for p in mix if p["source"] == GSM_REPLAY]
+    assert len(replay) == replay_count(metrics["pairs"] - len(replay), 0.25, 12)  # capped by the 12 crafted pairs
+    crafted = {(p["question"], p["chosen"], p["rejected"]) for p in read_jsonl(root / "data/preferences/train.jsonl")}
+    assert {(p["question"], p["chosen"], p["rejected"]) for p in replay} <= crafted
+    assert metrics["replay"] == {"source": "preferences", "pairs_by_kind": {"crafted": len(replay)}}
 
 
 def test_safety_stage_without_a_start_adapter_fails_naming_it(tiny_workspace, tmp_path):
