@@ -276,6 +276,9 @@ class SafetyParams(DpoParams):
     sft_weight: float = Field(0.0, ge=0, description="weight of an NLL loss on the chosen side (RPO); 0 = off")
     samples_per_prompt: int = Field(1, ge=1, description="start-policy completions per safety training prompt")
     sampling: SamplingParams = SamplingParams()
+    interpolation: float = Field(
+        1.0, gt=0, le=1, description="the saved checkpoint is start + interpolation * (trained - start): weight-space "
+        "interpolation, which trades some of the new refusals for less forgetting; 1 = the trained policy as is")
 
 
 class RuntimeParams(_Section):

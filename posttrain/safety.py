@@ -188,3 +188,33 @@ def replay_count(n_safety: int, replay_fraction: float, available: int) -> int:
     if replay_fraction <= 0 or n_safety == 0:
         return 0
     return min(available, round(n_safety * replay_fraction / (1 - replay_fraction)))
+
+
+def interpolate_adapter(base_dir: str | Path, start_adapter: str | Path, trained_adapter: str | Path,
+                        weight: float, out_dir: str | Path) -> None:
+    """Save start + weight * (trained - start) as one LoRA adapter in out_dir (atomically).
+
+    Weight-space interpolation between an aligned model and the checkpoint it started
+    from keeps much of the new behaviour at a fraction of the forgetting: WiSE-FT
+    (Wortsman et al., 2022), and against the alignment tax of RLHF, model averaging
+    (Lin et al., 2024). It is exact for LoRA: PEFT's `cat` combination stacks the two
+    adapters (rank r_start + r_trained, scale 1), so the weight update is
+    (1 - weight) * B_start A_start + weight * B_trained A_trained."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.io import atomic_dir
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, start_adapter, adapter_name="start")
+    model.load_adapter(trained_adapter, adapter_name="trained")
+    if any(config.use_rslora or config.use_dora for config in model.peft_config.values()):
+        raise SystemExit("safety.interpolation < 1 needs plain LoRA adapters (no rsLoRA, no DoRA)")
+    # Named "default", so that the saved adapter loads like every other checkpoint's.
+    model.add_weighted_adapter(["start", "trained"], [1 - weight, weight], "default", combination_type="cat")
+    model.set_adapter("default")
+    model.delete_adapter("start")
+    model.delete_adapter("trained")
+    with atomic_dir(out_dir) as out:
+        model.save_pretrained(out)

@@ -10,7 +10,9 @@ Reads params: seed, prompt, safety, launch. From the `safety.start` checkpoint (
 2. mix in a replay share of GSM pairs so math does not regress: by default from the
    start policy's own samples on GSM training prompts (on-policy), graded by the verifier;
 3. shuffle them together;
-4. continue the start adapter with DPO, the start policy as reference.
+4. continue the start adapter with DPO, the start policy as reference;
+5. with safety.interpolation below 1, save start + interpolation * (trained - start)
+   instead: weight-space interpolation, less forgetting for fewer new refusals.
 Writes the adapter to models/safety/, the pairs to data/safety/pairs.jsonl,
 metrics/safety.json and the DPO log to metrics/safety/loss.csv. `evaluate@safety`
 then measures refusal, over-refusal and GSM accuracy; `compare` reports the change
@@ -34,7 +36,8 @@ from posttrain.models import checkpoint_dirs, load_causal_lm, load_tokenizer  # 
 from posttrain.preferences import preference_example  # noqa: E402
 from posttrain.refusal import classify_refusal  # noqa: E402
 from posttrain.safety import (  # noqa: E402
-    GSM_REPLAY, on_policy_replay_pairs, replay_count, safety_example, safety_pairs, sampled_behaviour)
+    GSM_REPLAY, interpolate_adapter, on_policy_replay_pairs, replay_count, safety_example, safety_pairs,
+    sampled_behaviour)
 from posttrain.training import process_state  # noqa: E402
 
 SAFETY_PROMPTS = "data/prepared/safety_train.jsonl"
@@ -109,6 +112,11 @@ with tracking.stage_run("safety", params, ["seed", "prompt", "safety"]):
     if not result.main_process:
         raise SystemExit(0)  # trained its share; the main process writes
 
+    # 5. Optionally keep only part of the way from the start checkpoint to the trained one.
+    if cfg.interpolation < 1:
+        base_dir, start_adapter = checkpoint_dirs(cfg.start)
+        interpolate_adapter(base_dir, start_adapter, OUT_DIR, cfg.interpolation, OUT_DIR)
+
     metrics = {
         "start": cfg.start,
         # sampled at safety.sampling.temperature, so noisier than evaluate's greedy figures
@@ -120,6 +128,7 @@ with tracking.stage_run("safety", params, ["seed", "prompt", "safety"]):
         "train_loss": result.train_loss,
         "final_reward_accuracy": result.final_reward_accuracy,
         "final_reward_margin": result.final_reward_margin,
+        "interpolation": cfg.interpolation,
         "replay": replay_metrics,
         "sampling_seconds": round(sampling_seconds, 1),
         "seconds": result.seconds,

@@ -36,6 +36,8 @@ def test_shipped_params_are_valid(raw):
         (lambda r: r["data"]["synthetic"].update(min_steps=3, max_steps=2), "params.yaml: data.synthetic: max_steps (2) is below min_steps (3)"),
         (lambda r: r["prompt"].update(instruction="Solve it."), "params.yaml: prompt: instruction must contain the placeholder {question}"),
         (lambda r: r["data"].pop("split"), "params.yaml: data.split: required key is missing"),
+        (lambda r: r["safety"].update(interpolation=0), "params.yaml: safety.interpolation: Input should be greater than 0"),
+        (lambda r: r["safety"].update(interpolation=1.5), "params.yaml: safety.interpolation: Input should be less than or equal to 1"),
     ],
 )
 def test_bad_values_name_the_key(raw, edit, message):

@@ -10,8 +10,8 @@ from posttrain.refusal import classify_refusal
 from posttrain.gsm import grade
 from posttrain.preferences import REFERENCE_VS_SAMPLED, SAMPLED, SAMPLED_VS_CORRUPTED
 from posttrain.safety import (GSM_REPLAY, POLICY_COMPLIANCE, POLICY_OVER_REFUSAL, STOCK_OVER_REFUSAL,
-                              STOCK_REFUSALS, load_builtin_safety_prompts, on_policy_replay_pairs, replay_count,
-                              safety_pairs, sampled_behaviour)
+                              STOCK_REFUSALS, interpolate_adapter, load_builtin_safety_prompts,
+                              on_policy_replay_pairs, replay_count, safety_pairs, sampled_behaviour)
 
 from conftest import FAST, copy_with_crafted_pairs, run_stage
 
@@ -118,9 +118,9 @@ def test_on_policy_replay_skips_a_prompt_with_no_pair_to_make():
     assert len(on_policy_replay_pairs([no_step, GSM], [[RIGHT], [WRONG]], seed=0)) == 1
 
 
-def safety_run(root, replay: dict):
+def safety_run(root, replay: dict, **safety):
     run_stage(root, "safety", overrides={"safety": {**FAST, "start": "sft", "max_steps": 2, "replay": replay,
-                                                    "sampling": {"max_new_tokens": 8}}})
+                                                    "sampling": {"max_new_tokens": 8}, **safety}})
     metrics = json.loads((root / "metrics/safety.json").read_text())
     mix = read_jsonl(root / "data/safety/pairs.jsonl")
     assert metrics["pairs"] == sum(metrics["pairs_by_source"].values()) == len(mix)
@@ -129,7 +129,7 @@ def safety_run(root, replay: dict):
 
 def test_safety_stage_trains_from_its_start_checkpoint_on_the_tiny_model(sft_workspace, tmp_path):
     root = copy_with_crafted_pairs(sft_workspace, tmp_path / "ws", n_train=12)
-    metrics, mix = safety_run(root, {"fraction": 0.25, "source": "on_policy", "max_new_tokens": 8})
+    metrics, mix = safety_run(root, {"fraction": 0.25, "source": "on_policy", "max_new_tokens": 8}, interpolation=1.0)
     prompts = read_jsonl(root / "data/prepared/safety_train.jsonl")
     n_harmful = sum(p["kind"] == "harmful" for p in prompts)
     n_benign = len(prompts) - n_harmful
@@ -162,14 +162,53 @@ def test_safety_stage_trains_from_its_start_checkpoint_on_the_tiny_model(sft_wor
     assert json.loads((root / "metrics/eval/safety.json").read_text())["checkpoint"] == "safety"
 
 
-def test_safety_stage_can_replay_the_preferences_stage_pairs(sft_workspace, tmp_path):
+def test_safety_stage_replays_preference_pairs_and_saves_an_interpolated_adapter(sft_workspace, tmp_path):
     root = copy_with_crafted_pairs(sft_workspace, tmp_path / "ws", n_train=12)
-    metrics, mix = safety_run(root, {"fraction": 0.25, "source": "preferences"})
+    metrics, mix = safety_run(root, {"fraction": 0.25, "source": "preferences"}, interpolation=0.5)
     replay = [p for p in mix if p["source"] == GSM_REPLAY]
     assert len(replay) == replay_count(metrics["pairs"] - len(replay), 0.25, 12)  # capped by the 12 crafted pairs
     crafted = {(p["question"], p["chosen"], p["rejected"]) for p in read_jsonl(root / "data/preferences/train.jsonl")}
     assert {(p["question"], p["chosen"], p["rejected"]) for p in replay} <= crafted
     assert metrics["replay"] == {"source": "preferences", "pairs_by_kind": {"crafted": len(replay)}}
+    # interpolation 0.5: the saved adapter stacks the start and the trained one (rank 2r)
+    # and loads as the safety checkpoint.
+    start_rank = json.loads((root / "models/sft/adapter_config.json").read_text())["r"]
+    assert metrics["interpolation"] == 0.5
+    assert json.loads((root / "models/safety/adapter_config.json").read_text())["r"] == 2 * start_rank
+    run_stage(root, "evaluate", "safety")
+    assert json.loads((root / "metrics/eval/safety.json").read_text())["checkpoint"] == "safety"
+
+
+def test_interpolated_adapter_is_the_weighted_sum_of_both_updates(tiny_workspace, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from posttrain.models import load_causal_lm
+
+    base_dir = tiny_workspace / "models/base"
+
+    def random_adapter(path, seed):
+        torch.manual_seed(seed)
+        model = get_peft_model(load_causal_lm(base_dir), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:  # B starts at zero: make both factors non-trivial
+                torch.nn.init.normal_(parameter, std=0.05)
+        model.save_pretrained(path)
+
+    def merged_weights(adapter):
+        return load_causal_lm(base_dir, adapter).merge_and_unload().state_dict()
+
+    random_adapter(tmp_path / "start", seed=0)
+    random_adapter(tmp_path / "trained", seed=1)
+    interpolate_adapter(base_dir, tmp_path / "start", tmp_path / "trained", 0.3, tmp_path / "mixed")
+    base = load_causal_lm(base_dir).state_dict()
+    start, trained, mixed = (merged_weights(tmp_path / name) for name in ("start", "trained", "mixed"))
+    changed = [k for k in base if not torch.equal(start[k], base[k])]
+    assert changed and all("q_proj" in k or "v_proj" in k for k in changed)
+    for key in base:  # lora_alpha / r = 2 scales both updates; the mix must keep that scale
+        expected = base[key] + 0.7 * (start[key] - base[key]) + 0.3 * (trained[key] - base[key])
+        torch.testing.assert_close(mixed[key], expected, atol=1e-5, rtol=1e-4)
+    assert json.loads((tmp_path / "mixed/adapter_config.json").read_text())["r"] == 8
 
 
 def test_safety_stage_without_a_start_adapter_fails_naming_it(tiny_workspace, tmp_path):
