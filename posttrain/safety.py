@@ -200,21 +200,22 @@ def interpolate_adapter(base_dir: str | Path, start_adapter: str | Path, trained
     (Lin et al., 2024). It is exact for LoRA: PEFT's `cat` combination stacks the two
     adapters (rank r_start + r_trained, scale 1), so the weight update is
     (1 - weight) * B_start A_start + weight * B_trained A_trained."""
-    import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     from posttrain.io import atomic_dir
+    from posttrain.models import load_causal_lm
 
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, start_adapter, adapter_name="start")
+    model = PeftModel.from_pretrained(load_causal_lm(base_dir), start_adapter, adapter_name="start")
     model.load_adapter(trained_adapter, adapter_name="trained")
-    if any(config.use_rslora or config.use_dora for config in model.peft_config.values()):
-        raise SystemExit("safety.interpolation < 1 needs plain LoRA adapters (no rsLoRA, no DoRA)")
     # Named "default", so that the saved adapter loads like every other checkpoint's.
     model.add_weighted_adapter(["start", "trained"], [1 - weight, weight], "default", combination_type="cat")
     model.set_adapter("default")
     model.delete_adapter("start")
     model.delete_adapter("trained")
+    # PEFT merges the target modules into a set, saved in hash order: sorted, the saved
+    # config (and so the output's DVC hash) is the same on every run.
+    config = model.peft_config["default"]
+    if isinstance(config.target_modules, set):
+        config.target_modules = sorted(config.target_modules)
     with atomic_dir(out_dir) as out:
         model.save_pretrained(out)

@@ -4,9 +4,10 @@
 
 Reads params: seed, prompt, safety, launch. From the `safety.start` checkpoint (RL by default):
 1. sample the start policy on the safety training prompts, classify each completion
-   (posttrain/refusal.py) as refusal, partial or compliance, and build pairs (posttrain/safety.py): harmful prompt -> curated brief refusal over
-   the policy's complying completion; benign look-alike -> curated helpful answer over
-   a refusal (the policy's own, else a stock one);
+   (posttrain/refusal.py) as refusal, partial or compliance, and build pairs
+   (posttrain/safety.py): harmful prompt -> curated brief refusal over the policy's
+   complying completion; benign look-alike -> curated helpful answer over a refusal
+   (the policy's own, else a stock one);
 2. mix in a replay share of GSM pairs so math does not regress: by default from the
    start policy's own samples on GSM training prompts (on-policy), graded by the verifier;
 3. shuffle them together;

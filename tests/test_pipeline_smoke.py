@@ -94,14 +94,6 @@ def run_queue(root: Path, env: dict, workers: int, timeout: float = 900) -> str:
             return status
         if time.time() > deadline:
             break
-        if "Running" not in status and "0 active" in status:
-            # DVC's known race (treeverse/dvc#10427, #10562): workers may stop while a task is
-            # still queued; its documented remedy is another `dvc queue start`.
-            time.sleep(60)
-            if "Running" not in (status := run(["dvc", "queue", "status"], root, env)) and "0 active" in status:
-                with log.open("a") as out:
-                    subprocess.run(["dvc", "queue", "start", "-j", str(workers)], cwd=root, env=env,
-                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=300)
         time.sleep(10)
     names = [line.split()[1] for line in status.splitlines()[1:] if len(line.split()) > 1 and line.split()[0] != "Worker"]
     logs = [subprocess.run(["dvc", "queue", "logs", name], cwd=root, env=env, capture_output=True, text=True,
