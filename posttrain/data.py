@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from posttrain.config import DataParams
+from posttrain.errors import UserError
 from posttrain.gsm import AnswerFormatError, parse_reference
+from posttrain.io import looks_like_path
 
 SYNTHETIC_SOURCE = "synthetic"
 SPLITS = ("train", "test")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     pass
 
 
@@ -54,21 +56,45 @@ class ParseReport:
         return sum(self.skipped.values())
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+NOT_UTF8 = "not UTF-8"
+
+
 def iter_jsonl(path: Path, split: str) -> Iterator[RawRecord]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj: object = json.loads(line)
-            except json.JSONDecodeError as exc:
-                obj = _InvalidJson(str(exc.msg))
-            yield RawRecord(origin=str(path), line=number, split=split, obj=obj)
+    """Records of a JSONL file, one per non-blank line. The file is read as bytes and
+    each line decoded on its own, so a line that is not UTF-8 is one malformed record
+    (reported with its line number) rather than the end of the stage. A UTF-8 byte-order
+    mark is accepted; lines end in \n, \r\n or \r, as in Python's text mode."""
+    with open(path, "rb") as f:
+        number = 0
+        for chunk in f:
+            # bytes.splitlines splits on \n, \r\n and \r: the same lines as text mode.
+            for data in chunk.splitlines():
+                number += 1
+                if number == 1:
+                    if data.startswith(UTF16_BOMS):
+                        raise DataError(f"data.source: {path} is UTF-16 encoded; save it as UTF-8 "
+                                        "(one JSON object a line)")
+                    data = data.removeprefix(UTF8_BOM)
+                try:
+                    line = data.decode("utf-8")
+                except UnicodeDecodeError:
+                    obj: object = _InvalidJson(NOT_UTF8, json=False)
+                else:
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        obj = _InvalidJson(str(exc.msg))
+                yield RawRecord(origin=str(path), line=number, split=split, obj=obj)
 
 
 @dataclass
 class _InvalidJson:
     message: str
+    json: bool = True  # False: the line is not even text (the message says why)
 
 
 def iter_source(params: DataParams, seed: int) -> Iterator[RawRecord]:
@@ -81,15 +107,21 @@ def iter_source(params: DataParams, seed: int) -> Iterator[RawRecord]:
         problems = generate_problems(s.num_problems, seed, s.min_steps, s.max_steps, s.operations, s.max_number)
         for number, problem in enumerate(problems, start=1):
             yield RawRecord(origin="synthetic", line=number, split="train", obj=problem)
-    elif Path(source).is_dir():
-        files = {split: Path(source) / f"{split}.jsonl" for split in SPLITS}
+    elif Path(source).expanduser().is_dir():
+        directory = Path(source).expanduser()
+        files = {split: directory / f"{split}.jsonl" for split in SPLITS}
         if not files["train"].is_file():
             raise DataError(f"data.source: {source} has no train.jsonl (GSM8K format: question, answer)")
         for split, path in files.items():
             if path.is_file():  # test.jsonl is optional: the test split is then carved from train
                 yield from iter_jsonl(path, split)
-    elif Path(source).exists():
+    elif Path(source).expanduser().exists():
         raise DataError(f"data.source: {source} is a file; point it at a directory holding train.jsonl")
+    elif looks_like_path(source):
+        raise DataError(
+            f"data.source: {source} does not exist (a local data directory holding train.jsonl must exist; "
+            "a hub id looks like org/name)"
+        )
     else:
         from datasets import load_dataset  # a hub id such as openai/gsm8k (needs internet)
 
@@ -104,7 +136,7 @@ def normalise(raw: RawRecord) -> dict | str:
     """A normalised record, or the reason it cannot be used."""
     obj = raw.obj
     if isinstance(obj, _InvalidJson):
-        return f"invalid JSON ({obj.message})"
+        return f"invalid JSON ({obj.message})" if obj.json else obj.message
     if not isinstance(obj, dict):
         return "not a JSON object"
     for key in ("question", "answer"):

@@ -66,3 +66,11 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def looks_like_path(source: str) -> bool:
+    """Whether a `*.source` value that does not exist was meant as a local path rather
+    than a hub id. Hub ids are `name` or `org/name`; a path starts with `/`, `./`, `../`
+    or `~`, ends with a separator, uses a backslash, or has more than one `/`."""
+    return (source.startswith(("/", "./", "../", "~", ".\\", "..\\")) or source in (".", "..")
+            or source.endswith(("/", "\\")) or "\\" in source or source.count("/") > 1)

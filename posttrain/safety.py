@@ -15,13 +15,15 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
+from posttrain.errors import UserError
+
 BUILTIN = "builtin"
 BUILTIN_PATH = Path(__file__).parent / "resources" / "safety_prompts.jsonl"
 KINDS = ("harmful", "benign")
 REQUIRED = ("id", "category", "kind", "prompt", "response")
 
 
-class SafetyDataError(ValueError):
+class SafetyDataError(UserError, ValueError):
     pass
 
 

@@ -23,6 +23,7 @@ Under `accelerate launch` only the main process (RANK 0) logs; the others get no
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -34,6 +35,10 @@ from pydantic import BaseModel
 PIPELINE_RUN_ENV = "POSTTRAIN_PIPELINE_RUN"
 PIPELINE_TAG = "posttrain.pipeline_run"
 KIND_TAG = "posttrain.kind"
+PROCESS_TAG = "posttrain.process"  # "<pid>:<start time>" of the process a run belongs to
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces);
+# marked as model development, it opens on the runs table, grouped by pipeline run.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def project_root() -> Path:
@@ -70,6 +75,37 @@ def _process_info(pid: int) -> tuple[int, str, list[str]] | None:
         return None
     fields = stat[stat.rindex(")") + 2:].split()  # the command name may contain spaces
     return int(fields[1]), fields[19], [a for a in argv if a]
+
+
+def process_key(pid: int) -> str | None:
+    """"<pid>:<start time>": names one process for good (a pid alone is reused)."""
+    info = _process_info(pid)
+    return f"{pid}:{info[1]}" if info else None
+
+
+def process_alive(key: str) -> bool:
+    """Whether the process a key names ("<pid>:<start>", or a pipeline id ending so) still runs."""
+    pid, started = key.rsplit(":", 2)[-2:] if key.count(":") else ("", "")
+    if not pid.isdigit():
+        return True  # not a key we made (POSTTRAIN_PIPELINE_RUN): leave its run alone
+    return process_key(int(pid)) == f"{pid}:{started}"
+
+
+def end_orphaned_runs(client, experiment_id: str) -> int:
+    """Mark KILLED the runs left RUNNING by a process that no longer exists (a stage
+    killed with SIGKILL, or its `dvc`): stage runs by their process tag, pipeline runs by
+    the `dvc` process in their id. Returns how many were ended."""
+    if not Path("/proc/self/stat").exists():  # no /proc (macOS): liveness cannot be told
+        return 0
+    ended = 0
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=500):
+        tags = run.data.tags
+        owner = tags.get(PROCESS_TAG) if tags.get(KIND_TAG) == "stage" else (
+            tags.get(PIPELINE_TAG) if tags.get(KIND_TAG) == "pipeline" else None)
+        if owner and not process_alive(owner):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended += 1
+    return ended
 
 
 def _is_dvc(argv: list[str]) -> bool:
@@ -116,6 +152,10 @@ def _pipeline_parent(client, experiment_id: str, run_id: str, tags: dict[str, st
     return client.create_run(experiment_id, run_name=name, tags={**tags, KIND_TAG: "pipeline"}).info.run_id
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @contextmanager
 def stage_run(stage: str, params: BaseModel, sections: list[str]) -> Iterator[object]:
     """Open the stage's MLflow run, nested in its pipeline run, and log the params
@@ -128,27 +168,43 @@ def stage_run(stage: str, params: BaseModel, sections: list[str]) -> Iterator[ob
 
     mlflow.set_tracking_uri(tracking_uri())
     experiment = mlflow.set_experiment(params.tracking.experiment)
+    client = mlflow.MlflowClient()
+    if experiment.tags.get(EXPERIMENT_KIND[0]) is None:
+        client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+    end_orphaned_runs(client, experiment.experiment_id)
     pipeline_id = pipeline_run_id()
     tags = {
         "git.commit": git_commit(),
         "dvc.experiment": os.environ.get("DVC_EXP_NAME", "workspace"),
     }
-    client = mlflow.MlflowClient()
     parent = None
     if pipeline_id:
         tags[PIPELINE_TAG] = pipeline_id
         parent = _pipeline_parent(client, experiment.experiment_id, pipeline_id, tags)
+        client.update_run(parent, status="RUNNING")  # until this stage ends, one way or another
     dumped = params.model_dump()
     logged = flatten({key: dumped[key] for key in sections})
     status = "FAILED"
+    # SIGTERM (a scheduler, `dvc queue kill`) unwinds like Ctrl-C, so the runs end KILLED;
+    # SIGKILL cannot be caught: end_orphaned_runs ends those runs at the next stage start.
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
+    run_id = None
     try:
-        with mlflow.start_run(run_name=stage, tags={**tags, "posttrain.stage": stage, KIND_TAG: "stage"},
+        with mlflow.start_run(run_name=stage, tags={**tags, "posttrain.stage": stage, KIND_TAG: "stage",
+                                                    PROCESS_TAG: process_key(os.getpid()) or ""},
                               parent_run_id=parent) as run:
+            run_id = run.info.run_id
             # MLflow params are strings of at most 6000 chars; long prompts get cut, not rejected.
             mlflow.log_params({k: str(v)[:6000] for k, v in logged.items()})
             yield run
         status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        if run_id:
+            client.set_terminated(run_id, status=status)
+        raise
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         if parent:  # the parent's end time and status follow its latest stage
             client.set_terminated(parent, status=status)
 

@@ -68,7 +68,7 @@ def load_base_for_training(base_dir: str | Path, quantization: str):
 
 
 def trainer_arguments_basic(params: Params, output_dir: str | Path, learning_rate: float, max_steps: int | None,
-                            logging_steps: int, max_grad_norm: float) -> dict:
+                            logging_steps: int, max_grad_norm: float, bf16: bool) -> dict:
     """Arguments every TRL config of ours shares (SFTConfig, DPOConfig, GRPOConfig...)."""
     import torch
 
@@ -82,21 +82,22 @@ def trainer_arguments_basic(params: Params, output_dir: str | Path, learning_rat
         seed=params.seed,
         save_strategy="no",  # the stage saves the final adapter itself, atomically
         report_to=["mlflow"],  # logs into the stage's open MLflow run
-        # CPU: bf16 stays on unless switched off, and is slower here.
         use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        # Autocast to bf16 (weights and optimiser stay fp32). On a CPU with avx512_bf16 a
+        # SmolLM2-135M LoRA step (16 x 160 tokens) took 11 s against 16-22 s in fp32.
+        bf16=bf16 and (torch.cuda.is_bf16_supported() if on_gpu else True),
         dataloader_num_workers=0,
         # TRL configs turn checkpointing on by default; it recomputes activations to
         # save memory a small model does not need, at a large cost in speed.
-        activation_checkpointing=False,
+        gradient_checkpointing=False,
     )
 
 
 def trainer_arguments(params: Params, train: TrainParams, output_dir: str | Path) -> dict:
     """trainer_arguments_basic plus the optimisation knobs of a TrainParams section."""
     arguments = trainer_arguments_basic(params, output_dir, train.learning_rate, train.max_steps,
-                                        train.logging_steps, train.max_grad_norm)
-    arguments["activation_checkpointing"] = train.gradient_checkpointing
+                                        train.logging_steps, train.max_grad_norm, train.bf16)
+    arguments["gradient_checkpointing"] = train.gradient_checkpointing
     return dict(
         **arguments,
         lr_scheduler_type=train.lr_scheduler,

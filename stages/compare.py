@@ -9,6 +9,12 @@ from the checkpoint it was trained from: for the safety stage, the alignment tax
 (what refusal training cost in GSM accuracy and helpfulness). The same numbers, one
 row per checkpoint, go to metrics/compare/scorecard.csv for the per-stage plots in
 dvc.yaml. No model is loaded.
+
+Each checkpoint's GSM strict accuracy, refusal and over-refusal rates also get their n
+and 95% Wilson interval, and every change (from the previous checkpoint, from base,
+from the start) a paired test on the same items, read from data/eval/<checkpoint>.jsonl:
+the change with its 95% interval, items lost and gained, exact McNemar p, and
+`significant` (p < 0.05): whether the change is beyond the noise of the test set.
 """
 
 import argparse
@@ -21,7 +27,8 @@ parser.add_argument("--start", action="append", default=[], metavar="NAME=START"
 args = parser.parse_args()
 
 from posttrain.evaluation import HEADLINE, headline, scorecard  # noqa: E402
-from posttrain.io import write_json  # noqa: E402
+from posttrain.io import read_jsonl, write_json  # noqa: E402
+from posttrain.stats import paired_change, rate_summary  # noqa: E402
 from posttrain.training import write_rows_csv  # noqa: E402
 
 METRICS_FILE = "metrics/compare.json"
@@ -36,6 +43,37 @@ for pair in args.start:
         parser.error(f"--start {pair}: both checkpoints must be among {', '.join(rows)}")
     card[name]["start"] = start
     card[name]["delta_vs_start"] = scorecard({start: rows[start], name: rows[name]})[name]["delta_vs_base"]
+
+
+def graded_items(name: str) -> dict[str, dict[str, bool]]:
+    """Per tested rate, each item's outcome (id -> counted in the rate) for one checkpoint."""
+    rows = read_jsonl(f"data/eval/{name}.jsonl")
+    items = {
+        "strict_accuracy": {r["id"]: r["strict_correct"] for r in rows if r["task"] == "gsm"},
+        "refusal_rate": {r["id"]: r["verdict"] == "refusal" for r in rows
+                         if r["task"] == "safety" and r["kind"] == "harmful"},
+        "over_refusal_rate": {r["id"]: r["verdict"] != "compliance" for r in rows
+                              if r["task"] == "safety" and r["kind"] == "benign"},
+        # IFEval-style prompts: all of a prompt's instructions followed (prompt-level, strict)
+        "instruction_following": {r["id"]: r["prompt_strict"] for r in rows
+                                  if r["task"] == "instructions" and r["prompt_strict"] is not None},
+    }
+    for row in rows:  # general-capability multiple choice: task "general:<benchmark>"
+        if row["task"].startswith("general:"):
+            items.setdefault(row["task"], {})[row["id"]] = row["correct"]
+    return {rate: outcomes for rate, outcomes in items.items() if outcomes}
+
+
+items = {name: graded_items(name) for name in args.checkpoints}
+names = list(items)
+for index, name in enumerate(names):
+    card[name]["intervals"] = {rate: rate_summary(list(outcomes.values())) for rate, outcomes in items[name].items()}
+    against = {"previous": names[max(index - 1, 0)], "base": names[0], **(
+        {"start": card[name]["start"]} if "start" in card[name] else {})}
+    for label, other in against.items():
+        if other != name:
+            card[name][f"paired_vs_{label}"] = {rate: paired_change(items[other][rate], items[name][rate])
+                                                for rate in items[name] if rate in items[other]}
 write_json(METRICS_FILE, card)
 write_rows_csv(SCORECARD_PLOT, [{"checkpoint": name, **row} for name, row in rows.items()])
 
@@ -44,6 +82,13 @@ print(f"{'checkpoint':<{width}}  " + "  ".join(f"{key:>13}" for key in HEADLINE)
 for name, row in card.items():
     cells = [f"{row[key]:>6.3f} ({row['delta_vs_base'][key]:+.3f})" for key in HEADLINE]
     print(f"{name:<{width}}  " + "  ".join(cells))
+for name, row in card.items():
+    for label in ("previous", "start"):
+        for rate, change in row.get(f"paired_vs_{label}", {}).items():
+            if change["significant"]:
+                print(f"{name} vs {label}: {rate} {change['delta']:+.3f} (95% CI {change['ci95_low']:+.3f} to "
+                      f"{change['ci95_high']:+.3f}, {change['gained']} gained, {change['lost']} lost, "
+                      f"McNemar p {change['p_value']}): beyond noise")
 for name, row in card.items():
     if "delta_vs_start" in row:
         tax = row["delta_vs_start"]

@@ -1,12 +1,20 @@
-"""Stage `evaluate@<checkpoint>`: GSM accuracy and safety behaviour of one checkpoint.
+"""Stage `evaluate@<checkpoint>`: what one checkpoint can do, each rate with its interval.
 
     PYTHONPATH=. python stages/evaluate.py base
 
-Reads params: seed, prompt, evaluate, runtime, tracking. On the held-out GSM test it
-measures strict and flexible accuracy, format rate, completion length and generation
-speed; on the safety test set, refusal rate (harmful prompts) and over-refusal rate
-(benign look-alikes). Writes metrics/eval/<checkpoint>.json and every completion to
-data/eval/<checkpoint>.jsonl for inspection.
+Reads params: seed, prompt, evaluate, generation, runtime, tracking. Measures, each
+task switchable in params:
+- GSM (held-out test): strict and flexible accuracy, format rate, completion length;
+- safety (test prompts): refusal rate (harmful) and over-refusal rate (benign look-alikes);
+- instruction following (evaluate.instructions): IFEval-style prompts checked by
+  IFEval's own checkers (posttrain/instructions.py), prompt- and instruction-level,
+  strict and loose;
+- general capability (evaluate.general): multiple-choice benchmarks scored by
+  log-likelihood (posttrain/benchmarks.py), the forgetting that post-training costs.
+Every rate carries its n and 95% Wilson interval (<rate>_ci95_low/high). The first three
+generate with the engine (generation.*); the benchmarks score with transformers after
+the engine is closed. Writes metrics/eval/<checkpoint>.json and every graded item to
+data/eval/<checkpoint>.jsonl, which stage compare pairs across checkpoints.
 """
 
 import argparse
@@ -17,54 +25,121 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("checkpoint", help="base, or a training stage whose output is in models/<name>")
 args = parser.parse_args()
 params = load_params()
+from posttrain.engine import exit_unless_available, open_engine  # noqa: E402
+
+exit_unless_available(params.generation)
 
 from posttrain import runtime, tracking  # noqa: E402
 from posttrain.evaluation import score_gsm, score_safety  # noqa: E402
-from posttrain.generation import chat_messages, generate, gsm_messages, render_prompts  # noqa: E402
+from posttrain.generation import chat_messages, gsm_messages, render_prompts  # noqa: E402
 from posttrain.io import read_jsonl, write_json, write_jsonl  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_causal_lm, load_tokenizer  # noqa: E402
+from posttrain.stats import rate_summary  # noqa: E402
 
 DATA_DIR = "data/prepared"
 METRICS_FILE = f"metrics/eval/{args.checkpoint}.json"
 COMPLETIONS_FILE = f"data/eval/{args.checkpoint}.jsonl"
 cfg = params.evaluate
 
+
+def with_intervals(metrics: dict, flags: dict[str, list[bool]]) -> dict:
+    """metrics plus n and the 95% Wilson interval of each named rate."""
+    for name, values in flags.items():
+        summary = rate_summary(values)
+        metrics |= {f"{name}_n": summary["n"], f"{name}_ci95_low": summary["ci95_low"],
+                    f"{name}_ci95_high": summary["ci95_high"]}
+    return metrics
+
+
 threads = runtime.setup(params.runtime, params.seed)
-with tracking.stage_run(f"evaluate@{args.checkpoint}", params, ["seed", "prompt", "evaluate"]):
-    base_dir, adapter_dir = checkpoint_dirs(args.checkpoint)
-    tokenizer = load_tokenizer(base_dir)
-    model = load_causal_lm(base_dir, adapter_dir)
+with tracking.stage_run(f"evaluate@{args.checkpoint}", params, ["seed", "prompt", "evaluate", "generation"]):
+    tokenizer = load_tokenizer(checkpoint_dirs(args.checkpoint)[0])
+    rows, metrics = [], {"checkpoint": args.checkpoint}
+    with open_engine(params.generation, args.checkpoint, params.seed, cfg.batch_size) as engine:
 
-    def complete(conversations, max_new_tokens, desc, stop_after_answer=False):
-        return generate(model, tokenizer, render_prompts(tokenizer, conversations), max_new_tokens,
-                        cfg.batch_size, cfg.temperature, cfg.top_p, desc, stop_after_answer)
+        def complete(conversations, max_new_tokens, desc, stop_after_answer=False):
+            return engine.generate(render_prompts(tokenizer, conversations), max_new_tokens, cfg.temperature,
+                                   cfg.top_p, stop_after_answer, desc)
 
-    problems = read_jsonl(f"{DATA_DIR}/test.jsonl")[: cfg.gsm_limit]
-    gsm_out = complete([gsm_messages(p["question"], params.prompt) for p in problems], cfg.max_new_tokens,
-                       f"gsm {args.checkpoint}", stop_after_answer=True)
-    gsm_metrics, gsm_rows = score_gsm(problems, gsm_out.completions, gsm_out.completion_tokens)
+        problems = read_jsonl(f"{DATA_DIR}/test.jsonl")[: cfg.gsm_limit]
+        gsm_out = complete([gsm_messages(p["question"], params.prompt) for p in problems], cfg.max_new_tokens,
+                           f"gsm {args.checkpoint}", stop_after_answer=True)
+        gsm_metrics, gsm_rows = score_gsm(problems, gsm_out.completions, gsm_out.completion_tokens)
+        metrics["gsm"] = with_intervals(gsm_metrics, {
+            "strict_accuracy": [r["strict_correct"] for r in gsm_rows],
+            "flexible_accuracy": [r["flexible_correct"] for r in gsm_rows]})
+        rows += [{"task": "gsm", **r} for r in gsm_rows]
 
-    safety_prompts = read_jsonl(f"{DATA_DIR}/safety_test.jsonl")[: cfg.safety_limit]
-    safety_out = complete([chat_messages(p["prompt"], params.prompt) for p in safety_prompts],
-                          cfg.safety_max_new_tokens, f"safety {args.checkpoint}")
-    safety_metrics, safety_rows = score_safety(safety_prompts, safety_out.completions)
+        safety_prompts = read_jsonl(f"{DATA_DIR}/safety_test.jsonl")[: cfg.safety_limit]
+        safety_out = complete([chat_messages(p["prompt"], params.prompt) for p in safety_prompts],
+                              cfg.safety_max_new_tokens, f"safety {args.checkpoint}")
+        safety_metrics, safety_rows = score_safety(safety_prompts, safety_out.completions)
+        metrics["safety"] = with_intervals(safety_metrics, {
+            "refusal_rate": [r["verdict"] == "refusal" for r in safety_rows if r["kind"] == "harmful"],
+            "over_refusal_rate": [r["verdict"] != "compliance" for r in safety_rows if r["kind"] == "benign"]})
+        rows += [{"task": "safety", **r} for r in safety_rows]
+        outputs = [gsm_out, safety_out]
 
-    seconds = gsm_out.seconds + safety_out.seconds
-    tokens = sum(gsm_out.completion_tokens) + sum(safety_out.completion_tokens)
-    metrics = {
-        "checkpoint": args.checkpoint,
-        "gsm": gsm_metrics,
-        "safety": safety_metrics,
-        "generation": {"tokens_per_second": round(tokens / seconds, 1), "seconds": round(seconds, 1),
-                       "threads": threads},
-    }
+        follow = cfg.instructions
+        if follow.prompts:
+            from posttrain.instructions import load_prompts, make_prompts, score
+
+            records = (make_prompts(follow.prompts, params.seed, follow.instructions_per_prompt)
+                       if follow.source == "generated" else load_prompts(follow.source)[: follow.prompts])
+            follow_out = complete([chat_messages(r["prompt"], params.prompt) for r in records],
+                                  follow.max_new_tokens, f"instructions {args.checkpoint}")
+            scored = score(records, follow_out.completions)
+            items = scored.pop("items")
+            metrics["instructions"] = with_intervals(
+                {k: v for k, v in scored.items() if k != "per_instruction"},
+                {"prompt_level_strict_acc": [i["prompt_strict"] for i in items if i["prompt_strict"] is not None],
+                 "prompt_level_loose_acc": [i["prompt_loose"] for i in items if i["prompt_loose"] is not None]})
+            metrics["instructions"]["per_instruction_strict_acc"] = {
+                key: round(value["strict_acc"], 4) for key, value in scored["per_instruction"].items()}
+            rows += [{"task": "instructions", **item, "prompt": record["prompt"], "completion": completion}
+                     for item, record, completion in zip(items, records, follow_out.completions, strict=True)]
+            outputs.append(follow_out)
+
+    seconds = sum(o.seconds for o in outputs)
+    tokens = sum(sum(o.completion_tokens) for o in outputs)
+    metrics["generation"] = {"engine": engine.name, "tokens_per_second": round(tokens / seconds, 1),
+                             "seconds": round(seconds, 1), "startup_seconds": engine.startup_seconds,
+                             "threads": threads}
+
+    general = cfg.general
+    if general.tasks:  # log-likelihoods need the model itself, not the engine's samples
+        import time
+
+        import torch
+
+        from posttrain.benchmarks import load_task, score_task
+
+        base_dir, adapter_dir = checkpoint_dirs(args.checkpoint)
+        model = load_causal_lm(base_dir, adapter_dir)
+        started, metrics["general"] = time.perf_counter(), {}
+        for task in general.tasks:
+            items = load_task(task, general.limit, params.seed)
+            # bf16 autocast: 1.7x faster here, the same 100 of 100 ARC-Easy predictions as fp32
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=general.bf16 and not torch.cuda.is_available()):
+                result = score_task(model, load_tokenizer(base_dir, padding_side="right"), items, general.batch_size)
+            metrics["general"][task] = with_intervals(
+                {"accuracy": round(result["acc"], 4), "accuracy_norm": round(result["acc_norm"], 4)},
+                {"accuracy": [r["correct"] for r in result["rows"]],
+                 "accuracy_norm": [r["correct_norm"] for r in result["rows"]]})
+            rows += [{"task": f"general:{task}", **{k: v for k, v in r.items() if k != "logprobs"}}
+                     for r in result["rows"]]
+        metrics["general"]["seconds"] = round(time.perf_counter() - started, 1)
+
     write_json(METRICS_FILE, metrics)
-    write_jsonl(COMPLETIONS_FILE, [{"task": "gsm", **r} for r in gsm_rows] +
-                [{"task": "safety", **r} for r in safety_rows])
+    write_jsonl(COMPLETIONS_FILE, rows)
     tracking.log_metrics({k: v for k, v in metrics.items() if k != "checkpoint"})
     tracking.log_artifact(METRICS_FILE)
     tracking.log_artifact(COMPLETIONS_FILE)
-    g, s = gsm_metrics, safety_metrics
+    g, s = metrics["gsm"], metrics["safety"]
+    extra = "".join(f" | {task} {m['accuracy']:.3f}" for task, m in metrics.get("general", {}).items()
+                    if isinstance(m, dict))
+    if "instructions" in metrics:
+        extra += f" | instructions {metrics['instructions']['prompt_level_strict_acc']:.3f}"
     print(f"evaluate@{args.checkpoint}: strict {g['strict_accuracy']:.3f} flexible {g['flexible_accuracy']:.3f} "
           f"format {g['format_rate']:.3f} | refusal {s['refusal_rate']:.3f} over-refusal "
-          f"{s['over_refusal_rate']:.3f} | {metrics['generation']['tokens_per_second']} tok/s")
+          f"{s['over_refusal_rate']:.3f}{extra} | {metrics['generation']['tokens_per_second']} tok/s")

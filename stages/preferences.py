@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python stages/preferences.py
 
-Reads params: seed, prompt, preferences. Samples K completions per RL prompt from the
+Reads params: seed, prompt, preferences, generation. Samples K completions per RL prompt from the
 SFT checkpoint, grades each with the GSM verifier, and pairs a correct completion
 (chosen) with an incorrect one (rejected) for the same prompt (STaR / ReST); groups
 without contrast fall back as params say (posttrain/preferences.py). Writes
@@ -15,12 +15,15 @@ from collections import Counter
 from posttrain.config import load_params
 
 params = load_params()
+from posttrain.engine import exit_unless_available, open_engine  # noqa: E402
+
+exit_unless_available(params.generation)
 
 from posttrain import runtime, tracking  # noqa: E402
-from posttrain.generation import generate, gsm_messages, render_prompts  # noqa: E402
+from posttrain.generation import gsm_messages, render_prompts  # noqa: E402
 from posttrain.gsm import grade  # noqa: E402
 from posttrain.io import atomic_dir, read_jsonl, write_json, write_jsonl  # noqa: E402
-from posttrain.models import checkpoint_dirs, load_causal_lm, load_tokenizer  # noqa: E402
+from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.preferences import pairs_for_prompt, split_by_prompt  # noqa: E402
 
 POLICY = "sft"
@@ -30,17 +33,15 @@ METRICS_FILE = "metrics/preferences.json"
 cfg = params.preferences
 
 runtime.setup(params.runtime, params.seed)
-with tracking.stage_run("preferences", params, ["seed", "prompt", "preferences"]):
+with tracking.stage_run("preferences", params, ["seed", "prompt", "preferences", "generation"]):
     records = read_jsonl(PROMPTS_FILE)[: cfg.num_prompts]
-    base_dir, adapter_dir = checkpoint_dirs(POLICY)
-    tokenizer = load_tokenizer(base_dir)
-    model = load_causal_lm(base_dir, adapter_dir)
-
+    tokenizer = load_tokenizer(checkpoint_dirs(POLICY)[0])
     k = cfg.samples_per_prompt
     prompts = render_prompts(tokenizer, [gsm_messages(r["question"], params.prompt) for r in records])
     s = cfg.sampling
-    out = generate(model, tokenizer, [p for p in prompts for _ in range(k)], s.max_new_tokens, s.batch_size,
-                   s.temperature, s.top_p, desc="sampling", stop_after_answer=True)
+    with open_engine(params.generation, POLICY, params.seed, s.batch_size) as engine:
+        out = engine.generate([p for p in prompts for _ in range(k)], s.max_new_tokens, s.temperature, s.top_p,
+                              stop_after_answer=True, desc="sampling")
     groups = [out.completions[i * k : (i + 1) * k] for i in range(len(records))]
 
     rng = random.Random(params.seed)

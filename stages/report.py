@@ -47,13 +47,14 @@ from posttrain.evaluation import headline, scorecard  # noqa: E402
 from posttrain.io import atomic_dir, write_text_atomic  # noqa: E402
 from posttrain.report import (alignment_tax, best_of_n_line, csv_columns, image, missing_inputs, pick_column,  # noqa: E402
                               plot_curve, plot_histogram, plot_scorecard, read_rows, reward_model_line, rl_section,
-                              scorecard_table)
+                              scorecard_table, significance_section)
 
 REPORT_FILE = Path("metrics/report.md")
 IMAGE_DIR = Path("metrics/report")
 LINK = IMAGE_DIR.relative_to(REPORT_FILE.parent)  # image links are relative to the markdown file
 REWARD_MODEL, SCORES = "metrics/reward_model.json", "metrics/reward_model/scores.csv"
 BEST_OF_N, RL = "metrics/best_of_n.json", "metrics/rl.json"
+COMPARE = "metrics/compare.json"  # stage compare's intervals and paired tests
 
 # 1. What to report, checked before anything is read.
 if len(set(args.checkpoints)) < len(args.checkpoints):
@@ -67,7 +68,8 @@ curves = args.curves if args.curves is not None else [
 
 inputs = {f"metrics/eval/{name}.json": f"evaluation of checkpoint {name}" for name in args.checkpoints}
 inputs |= {CURVES[name][0]: f"training curve {name}" for name in curves}
-inputs |= {REWARD_MODEL: "reward model numbers", SCORES: "reward model score histogram", BEST_OF_N: "best-of-N numbers"}
+inputs |= {REWARD_MODEL: "reward model numbers", SCORES: "reward model score histogram", BEST_OF_N: "best-of-N numbers",
+           COMPARE: "intervals and paired tests (stage compare)"}
 if "rl" in args.checkpoints:
     inputs[RL] = "RL monitors, as rl is a checkpoint"
 missing = missing_inputs(inputs)
@@ -87,6 +89,7 @@ for name in curves:
         logs[name] = []  # declared but never logged: the run ended before its first logging step
 reward_model = json.loads(Path(REWARD_MODEL).read_text())
 best_of_n = json.loads(Path(BEST_OF_N).read_text())
+compare = {name: row for name, row in json.loads(Path(COMPARE).read_text()).items() if name in args.checkpoints}
 rl = json.loads(Path(RL).read_text()) if "rl" in args.checkpoints else None
 
 # 3. Charts, then the markdown that links them.
@@ -107,6 +110,8 @@ with atomic_dir(IMAGE_DIR) as out:
         "Higher is better, except over_refusal_rate.",
         scorecard_table(card),
         image("Headline metrics per checkpoint", f"{LINK}/scorecard.png"),
+        "## Which changes are real",
+        significance_section(compare),
     ]
     if starts:
         sections += ["## Alignment tax", "\n".join(alignment_tax(headlines, c, s) for c, s in starts.items())]

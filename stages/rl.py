@@ -104,7 +104,7 @@ with tracking.stage_run("rl", params, ["seed", "prompt", "rl"]):
         with tempfile.TemporaryDirectory() as scratch:
             common = dict(
                 **trainer_arguments_basic(params, scratch, cfg.learning_rate, cfg.steps, cfg.logging_steps,
-                                          cfg.max_grad_norm),
+                                          cfg.max_grad_norm, cfg.bf16),
                 per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
                 num_generations=cfg.num_generations,
                 max_completion_length=cfg.max_new_tokens,

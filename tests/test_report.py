@@ -65,7 +65,30 @@ def craft(root: Path, checkpoints=PIPELINE) -> Path:
     (root / "metrics/best_of_n.json").write_text(json.dumps(BEST_OF_N))
     if "rl" in checkpoints:
         (root / "metrics/rl.json").write_text(json.dumps(RL))
+    (root / "metrics/compare.json").write_text(json.dumps(crafted_compare(checkpoints)))
     return root
+
+
+def crafted_compare(checkpoints) -> dict:
+    """Stage compare's intervals and paired tests: the second checkpoint's accuracy gain
+    is beyond noise, every other change within it."""
+    card = {}
+    for index, name in enumerate(checkpoints):
+        strict, _, _, refusal, over = NUMBERS[name]
+        card[name] = {"intervals": {key: {"value": value, "n": 100, "ci95_low": max(0, value - .09),
+                                          "ci95_high": min(1, value + .09)}
+                                    for key, value in (("strict_accuracy", strict), ("refusal_rate", refusal),
+                                                       ("over_refusal_rate", over))}}
+        if index:
+            previous = NUMBERS[checkpoints[index - 1]]
+            card[name]["paired_vs_previous"] = {
+                key: {"delta": round(value - previous[k], 4), "n": 100, "ci95_low": -0.1, "ci95_high": 0.1,
+                      "gained": 9, "lost": 3,
+                      "p_value": 0.001 if (index, key) == (1, "strict_accuracy") else 0.4,
+                      "significant": (index, key) == (1, "strict_accuracy")}
+                for k, key, value in ((0, "strict_accuracy", strict), (3, "refusal_rate", refusal),
+                                      (4, "over_refusal_rate", over))}
+    return card
 
 
 def linked_images(root: Path) -> list[Path]:
@@ -112,6 +135,18 @@ def test_alignment_tax_of_safety_against_its_start(full_report):
         match = re.search(rf"(?<![-\w]){label} ([+-]\d+\.\d+) \((\d+\.\d+) → (\d+\.\d+)\)", line)
         assert match, (label, line)
         assert [float(x) for x in match.groups()] == pytest.approx([after - before, before, after], abs=5e-4)
+
+
+def test_the_report_says_which_changes_are_real(full_report):
+    markdown = (full_report / "metrics/report.md").read_text()
+    section = markdown.split("## Which changes are real")[1].split("\n## ")[0]
+    first, second = PIPELINE[0], PIPELINE[1]
+    gain = NUMBERS[second][0] - NUMBERS[first][0]
+    summary = f"Changes beyond noise (exact McNemar, p < 0.05): strict accuracy {second} vs {first} {gain:+.3f}."
+    assert summary in section
+    rows = [line for line in section.splitlines() if line.startswith(f"| {second} vs {first} |")]
+    assert len(rows) == 3 and "**real**" in rows[0] and all("within noise" in row for row in rows[1:])
+    assert sum("within noise" in line for line in section.splitlines()) == 3 * (len(PIPELINE) - 1) - 1
 
 
 def test_other_numbers(full_report):

@@ -51,3 +51,53 @@ def test_queued_experiments_log_to_the_users_repository(monkeypatch, tmp_path):
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     assert tracking.tracking_uri() == "http://mlflow.internal:5000"
+
+
+def _dead_process_key() -> str:
+    """The key of a process that has exited (a killed stage's, as far as MLflow knows)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    key = tracking.process_key(child.pid)
+    child.kill()
+    child.wait()
+    return key
+
+
+def test_runs_of_killed_processes_end_killed_and_the_ui_opens_on_runs(tmp_path, monkeypatch):
+    import mlflow
+
+    from posttrain.config import parse_params
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv(tracking.PIPELINE_RUN_ENV, raising=False)
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    experiment = client.create_experiment("posttrain")
+    dead = _dead_process_key()
+    assert dead and not tracking.process_alive(dead)
+    assert tracking.process_alive(tracking.process_key(os.getpid()))
+    stage = client.create_run(experiment, tags={tracking.KIND_TAG: "stage", tracking.PROCESS_TAG: dead}).info.run_id
+    pipeline = client.create_run(experiment, tags={tracking.KIND_TAG: "pipeline",
+                                                   tracking.PIPELINE_TAG: f"workspace:{dead}"}).info.run_id
+    named = client.create_run(experiment, tags={tracking.KIND_TAG: "pipeline",
+                                                tracking.PIPELINE_TAG: "nightly-42"}).info.run_id  # not ours to judge
+    alive = client.create_run(experiment, tags={tracking.KIND_TAG: "stage",
+                                               tracking.PROCESS_TAG: tracking.process_key(os.getpid())}).info.run_id
+
+    params = parse_params({"data": {"split": {"sft": 1, "rl": 1, "test": 1}}})
+    with tracking.stage_run("evaluate@base", params, ["seed"]):  # the next stage to start cleans up
+        pass
+    status = {run: client.get_run(run).info.status for run in (stage, pipeline, named, alive)}
+    assert status == {stage: "KILLED", pipeline: "KILLED", named: "RUNNING", alive: "RUNNING"}
+    assert client.get_experiment(experiment).tags[tracking.EXPERIMENT_KIND[0]] == "custom_model_development"
+
+
+def test_an_interrupted_stage_ends_its_run_killed(tmp_path, monkeypatch):
+    import mlflow
+    import pytest
+
+    from posttrain.config import parse_params
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = parse_params({"data": {"split": {"sft": 1, "rl": 1, "test": 1}}})
+    with pytest.raises(KeyboardInterrupt), tracking.stage_run("sft", params, ["seed"]) as run:
+        raise KeyboardInterrupt  # Ctrl-C, or SIGTERM (turned into the same)
+    assert mlflow.MlflowClient().get_run(run.info.run_id).info.status == "KILLED"

@@ -1,0 +1,135 @@
+"""The generation engine: vLLM and transformers give the same results through one interface."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from posttrain.config import GenerationParams
+from posttrain.generation import COMPLETE_ANSWER_LINE
+from posttrain.engine import EngineUnavailable, answer_line_cut, check_engine, open_engine
+
+HF = GenerationParams(engine="hf")
+VLLM_FP32 = GenerationParams(engine="vllm", dtype="float32", kv_cache_gib=1)
+
+
+def needs_vllm(test):  # `make setup` installs vLLM: a missing one fails the test, it is not skipped
+    return test
+
+
+@pytest.fixture(scope="module")
+def talkative_models(sft_workspace, tmp_path_factory) -> Path:
+    """models/base: the tiny random model with its layer weights redrawn larger and the
+    embeddings of its padding and start-of-turn tokens zeroed. At init scale, with tied
+    embeddings, greedy decoding repeats the last prompt token (whitespace: an empty
+    completion) and any comparison would be vacuous; this one writes varied text.
+    models/sft: the briefly trained SFT adapter on top."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    models = tmp_path_factory.mktemp("talkative") / "models"
+    tokenizer = AutoTokenizer.from_pretrained(sft_workspace / "models/base")
+    model = AutoModelForCausalLM.from_pretrained(sft_workspace / "models/base", dtype=torch.float32)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in (p for p in model.model.layers.parameters() if p.dim() == 2):
+            weight.normal_(0.0, 0.3)  # larger than init: the output is no longer a copy of the last input
+        for token in {tokenizer.pad_token_id, tokenizer.bos_token_id}:
+            model.get_input_embeddings().weight[token] = 0.0
+    model.save_pretrained(models / "base")
+    tokenizer.save_pretrained(models / "base")
+    shutil.copytree(sft_workspace / "models/sft", models / "sft")
+    return models
+
+
+def prompts_for(models: Path, n: int = 12) -> list[str]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(models / "base")
+    questions = [f"Ann has {i + 3} apples and buys {2 * i + 1} more. How many apples does she have?"
+                 for i in range(n)]
+    return [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                          add_generation_prompt=True) for q in questions]
+
+
+def run(cfg, models, checkpoint, prompts, **kwargs):
+    with open_engine(cfg, checkpoint, seed=7, batch_size=5, models_dir=models) as engine:
+        return engine.generate(prompts, **kwargs)
+
+
+@needs_vllm
+@pytest.mark.parametrize("checkpoint", ["base", "sft"])
+def test_vllm_fp32_greedy_equals_hf_greedy(talkative_models, checkpoint):
+    prompts = prompts_for(talkative_models)
+    hf = run(HF, talkative_models, checkpoint, prompts, max_new_tokens=20)
+    vllm = run(VLLM_FP32, talkative_models, checkpoint, prompts, max_new_tokens=20)
+    assert len({c for c in hf.completions}) > 3, "degenerate outputs would make the comparison vacuous"
+    assert all(len(c) > 10 for c in hf.completions)
+    assert vllm.completions == hf.completions
+    assert vllm.completion_tokens == hf.completion_tokens
+
+
+@needs_vllm
+def test_vllm_sampling_is_seeded(talkative_models):
+    prompts = prompts_for(talkative_models, 40)  # enough tokens that prefill is split across steps
+    repeated = [p for p in prompts for _ in range(3)]
+    first = run(VLLM_FP32, talkative_models, "base", repeated, max_new_tokens=12, temperature=1.0)
+    again = run(VLLM_FP32, talkative_models, "base", repeated, max_new_tokens=12, temperature=1.0)
+    assert first.completions == again.completions  # same seed, same samples
+    for i in range(0, len(repeated), 3):  # copies of one prompt are sampled independently
+        assert len(set(first.completions[i : i + 3])) > 1
+
+
+@needs_vllm
+def test_closing_the_vllm_engine_gives_back_torch_threads(talkative_models):
+    import torch
+
+    torch.set_num_threads(2)
+    run(VLLM_FP32, talkative_models, "base", prompts_for(talkative_models, 2), max_new_tokens=4)
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)  # vLLM disables set_num_threads while it runs; it must work again
+    assert torch.get_num_threads() == 1
+
+
+def test_answer_line_cut_finds_the_token_that_completes_the_answer_line(talkative_models):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(talkative_models / "base")
+    text = "3 + 4 = 7\n#### 7\nand then some more words"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    cut = answer_line_cut(tokenizer, ids)
+    kept = tokenizer.decode(ids[:cut])
+    assert kept.rstrip().endswith("#### 7") and "\n" in kept[kept.index("#### 7"):]
+    assert COMPLETE_ANSWER_LINE.search(tokenizer.decode(ids[: cut - 1])) is None  # the first such token
+    assert answer_line_cut(tokenizer, tokenizer("no answer here", add_special_tokens=False)["input_ids"]) is None
+    unfinished = tokenizer("#### 7", add_special_tokens=False)["input_ids"]  # no line break yet: not complete
+    assert answer_line_cut(tokenizer, unfinished) is None
+
+
+def test_a_missing_vllm_is_one_line_naming_the_key(monkeypatch):
+    import posttrain.engine as engine
+
+    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: None)
+    expected = r"^params.yaml: generation.engine: vllm needs vLLM.*, or set generation.engine: hf$"
+    with pytest.raises(EngineUnavailable, match=expected):
+        check_engine(GenerationParams(engine="vllm"))
+    check_engine(GenerationParams(engine="hf"))  # the fallback needs nothing more
+
+
+def test_generating_stages_run_on_the_hf_engine(sft_workspace, tmp_path):
+    """The fallback engine through the stages (the smoke pipeline runs them on vLLM)."""
+    import json
+
+    from conftest import FAST, copy_with_crafted_pairs, run_stage
+
+    root = copy_with_crafted_pairs(sft_workspace, tmp_path / "ws", n_train=8, n_held_out=4)
+    hf = {"generation": {"engine": "hf"}}
+    run_stage(root, "evaluate", "sft", overrides=hf)
+    assert json.loads((root / "metrics/eval/sft.json").read_text())["generation"]["engine"] == "hf"
+    run_stage(root, "preferences", overrides={**hf, "preferences": {"num_prompts": 4, "samples_per_prompt": 2}})
+    assert json.loads((root / "metrics/preferences.json").read_text())["samples"] == 8
+    run_stage(root, "reward_model", overrides={"reward_model": {**FAST, "max_steps": 1}})
+    run_stage(root, "best_of_n", overrides={**hf, "best_of_n": {"n": 2, "limit": 3}})
+    assert json.loads((root / "metrics/best_of_n.json").read_text())["n_samples"] == 2
+    run_stage(root, "safety", overrides={**hf, "safety": {**FAST, "start": "sft", "max_steps": 1}})
+    assert json.loads((root / "metrics/safety.json").read_text())["steps"] == 1
