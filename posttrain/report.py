@@ -106,7 +106,10 @@ def significance_section(compare: dict) -> str:
                 change = row.get(f"paired_vs_{against}", {}).get(key)
                 if change is None:
                     continue
-                other = row["start"] if against == "start" else list(compare)[list(compare).index(name) - 1]
+                previous = list(compare)[list(compare).index(name) - 1]
+                other = row["start"] if against == "start" else previous
+                if against == "start" and other == previous:
+                    continue  # the same comparison, already listed
                 verdict = "**real**" if change["significant"] else "within noise"
                 if change["significant"]:
                     real.append(f"{label} {name} vs {other} {delta(change['delta'])}")
