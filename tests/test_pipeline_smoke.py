@@ -124,7 +124,14 @@ def test_outputs_and_metrics(pipeline):
     assert 0.0 <= safety["refusal_rate"] <= 1.0 and 0.0 <= safety["over_refusal_rate"] <= 1.0
     assert metrics["generation"]["tokens_per_second"] > 0
     rows = [json.loads(line) for line in (root / "data/eval/base.jsonl").open()]
-    assert len(rows) == 32 and {r["task"] for r in rows} == {"gsm", "safety"}
+    tasks = [r["task"] for r in rows]
+    assert (tasks.count("gsm"), tasks.count("safety"), tasks.count("instructions"), tasks.count("general:arc_easy")) \
+        == (16, 16, 6, 6)
+    assert metrics["generation"]["engine"] == "vllm"  # the smoke pipeline runs the default engine
+    assert metrics["gsm"]["strict_accuracy_n"] == 16
+    assert 0.0 <= metrics["gsm"]["strict_accuracy_ci95_low"] <= metrics["gsm"]["strict_accuracy"] \
+        <= metrics["gsm"]["strict_accuracy_ci95_high"] <= 1.0
+    assert metrics["instructions"]["n_prompts"] == 6 and metrics["general"]["arc_easy"]["accuracy_n"] == 6
 
     sft = json.loads((root / "metrics/sft.json").read_text())
     assert sft["steps"] == 4 and sft["train_tokens"] > 0
