@@ -329,6 +329,15 @@ class RuntimeParams(_Section):
     threads: int = Field(0, ge=0, description="0: the cores this process may use")
 
 
+class ResumeParams(_Section):
+    """Crash recovery of the training stages (posttrain/resume.py). No stage lists this
+    section in dvc.yaml: checkpointing does not change what a stage produces."""
+
+    every_steps: int = Field(10, ge=0, description="save a resumable checkpoint every N optimiser steps; 0 = off")
+    dir: str = Field(".posttrain/resume", min_length=1,
+                     description="outside DVC's outputs; removed per stage when the stage finishes")
+
+
 class TrackingParams(_Section):
     experiment: str = Field("posttrain", min_length=1)
 
@@ -358,6 +367,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     generation: GenerationParams = GenerationParams()
     runtime: RuntimeParams = RuntimeParams()
+    resume: ResumeParams = ResumeParams()
     tracking: TrackingParams = TrackingParams()
     launch: LaunchParams = LaunchParams()
 

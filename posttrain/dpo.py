@@ -7,14 +7,14 @@ model is held in memory.
 
 from __future__ import annotations
 
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.config import DpoParams, Params
 from posttrain.models import checkpoint_dirs, load_tokenizer
-from posttrain.training import load_base_for_training, save_adapter, trainer_arguments, write_log_history
+from posttrain import resume
+from posttrain.training import (
+    checkpoints_for, load_base_for_training, save_adapter, trainer_arguments, write_log_history)
 
 LOGGED = ["loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"]
 
@@ -27,14 +27,16 @@ class DpoResult:
     train_loss: float
     final_reward_accuracy: float | None
     final_reward_margin: float | None
-    seconds: float
+    seconds: float  # training time of this process (a resumed run: since the resume)
+    resumed_from_step: int  # 0: started fresh
 
 
 def train_dpo(params: Params, cfg: DpoParams, start: str, examples: list[dict], out_dir: str | Path,
-              loss_plot: str | Path, sft_weight: float = 0.0) -> DpoResult:
+              loss_plot: str | Path, stage: str, sections: list[str], sft_weight: float = 0.0) -> DpoResult:
     """Train the `start` adapter with DPO on TRL preference examples; save the adapter
     to out_dir (atomically) and the per-step log to loss_plot. Under `accelerate launch`
-    every process trains its share of each batch and the main process writes.
+    every process trains its share of each batch and the main process writes. `stage`
+    and the params `sections` it reads key its resumable checkpoints (posttrain/resume.py).
 
     sft_weight > 0 adds an NLL loss on the chosen completions (RPO), which holds the
     policy to the chosen text instead of only pushing the rejected side down."""
@@ -51,24 +53,21 @@ def train_dpo(params: Params, cfg: DpoParams, start: str, examples: list[dict], 
     if sft_weight > 0:
         losses = {"loss_type": [cfg.loss_type, "sft"], "loss_weights": [1.0, sft_weight]}
 
-    with tempfile.TemporaryDirectory() as scratch:
-        trainer = DPOTrainer(
-            model=policy,
-            ref_model=None,  # reference = the loaded adapter, frozen by TRL
-            args=DPOConfig(**trainer_arguments(params, cfg, scratch), beta=cfg.beta, max_length=cfg.max_length,
-                           **losses),
-            train_dataset=Dataset.from_list(examples),
-            processing_class=tokenizer,
-        )
-        started = time.perf_counter()
-        result = trainer.train()
-        seconds = time.perf_counter() - started
+    checkpoints = checkpoints_for(stage, params, sections, examples, [base_dir, adapter_dir])
+    trainer = DPOTrainer(
+        model=policy,
+        ref_model=None,  # reference = the loaded adapter, frozen by TRL
+        args=DPOConfig(**trainer_arguments(params, cfg, checkpoints), beta=cfg.beta, max_length=cfg.max_length,
+                       **losses),
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tokenizer,
+    )
+    run = resume.train(trainer, checkpoints)
     # Only the trained policy adapter, under the default name, so evaluation loads the
     # output like any other adapter checkpoint. Every process takes part (FSDP, ZeRO-3).
-    save_adapter(trainer, out_dir, selected_adapters=["default"])
+    save_adapter(trainer, out_dir, checkpoints, selected_adapters=["default"])
     main = trainer.accelerator.is_main_process
     history = write_log_history(trainer.state.log_history, loss_plot, LOGGED) if main else []
     last = history[-1] if history else {}
-    return DpoResult(main, trainer.accelerator.num_processes, trainer.state.global_step,
-                     round(result.training_loss, 4), last.get("rewards/accuracies"), last.get("rewards/margins"),
-                     round(seconds, 1))
+    return DpoResult(main, trainer.accelerator.num_processes, trainer.state.global_step, run.train_loss,
+                     last.get("rewards/accuracies"), last.get("rewards/margins"), run.seconds, run.resumed_from_step)

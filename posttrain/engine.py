@@ -129,7 +129,6 @@ class VllmEngine:
             merge_checkpoint(base_dir, adapter_dir, model_dir)
         from vllm import LLM
 
-        self.seed = seed
         self.llm = LLM(model=str(model_dir), dtype=cfg.dtype, enforce_eager=True, seed=seed,
                        max_num_seqs=cfg.max_num_seqs, disable_log_stats=True,
                        max_model_len=min(2048, _max_positions(model_dir)))

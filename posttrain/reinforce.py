@@ -132,7 +132,7 @@ def sample_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, temp
 
 
 def train_reinforce_ema(model, tokenizer, prompts: list[str], answers: list[str], reward_fn, cfg, log, on_step,
-                        start_adapter_dir=None):
+                        start_adapter_dir=None, checkpoints=None) -> tuple[list[dict], int]:
     """The training loop: each step samples num_generations completions for
     prompts_per_step prompts (cycling through them), scores them and updates.
 
@@ -140,20 +140,38 @@ def train_reinforce_ema(model, tokenizer, prompts: list[str], answers: list[str]
     batch (batched so a reward-model term scores it in one pass); log: a CompletionLog;
     on_step(step, metrics) receives the per-step metrics for plots and MLflow.
     Constant learning rate and no weight decay, as the TRL algorithms are configured.
+    checkpoints (posttrain/resume.py): saves a resumable checkpoint every
+    checkpoints.every_steps steps and resumes from the newest one of this run.
+    Returns the per-step history (rounded metrics) and the step it resumed from (0: fresh).
     """
     import torch
 
     if cfg.beta:
         model.load_adapter(start_adapter_dir, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
         model.set_adapter("default")
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0)
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(trainable.values(), lr=cfg.learning_rate, weight_decay=0.0)
     baseline = EmaBaseline(beta=cfg.ema_beta)
+    history: list[dict] = []
     order = list(range(len(prompts)))
-    cursor = 0
-    for step in range(cfg.steps):
+    first_step = 0
+    latest = checkpoints.latest() if checkpoints else None
+    if latest:
+        first_step, path = latest
+        state = torch.load(path / CHECKPOINT_FILE, weights_only=False)
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                trainable[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        baseline.value = state["baseline"]
+        history = state["history"]
+        log.load_state_dict(state["log"])
+        torch.set_rng_state(state["torch_rng"])
+        print(f"{checkpoints.stage}: resuming from step {first_step} ({path}): an earlier run with the same key "
+              "stopped there", flush=True)
+    for step in range(first_step, cfg.steps):
+        cursor = step * cfg.prompts_per_step
         picked = [order[(cursor + i) % len(order)] for i in range(cfg.prompts_per_step)]
-        cursor += cfg.prompts_per_step
         batch_prompts = [prompts[i] for i in picked for _ in range(cfg.num_generations)]
         batch_answers = [answers[i] for i in picked for _ in range(cfg.num_generations)]
         sequences, attention_mask, completion_mask, texts, lengths = sample_batch(
@@ -164,7 +182,7 @@ def train_reinforce_ema(model, tokenizer, prompts: list[str], answers: list[str]
         stats = reinforce_step(model, optimizer, sequences, attention_mask, completion_mask, rewards, baseline,
                                kl_coef=cfg.beta, max_grad_norm=cfg.max_grad_norm, temperature=cfg.temperature)
         groups = [rewards[i : i + cfg.num_generations] for i in range(0, len(rewards), cfg.num_generations)]
-        on_step(step + 1, {
+        metrics = {
             "reward": sum(rewards) / len(rewards),
             "reward_exact": sum(p["exact"] for _, p in scored) / len(scored),
             "reward_format": sum(p["format"] for _, p in scored) / len(scored),
@@ -174,4 +192,38 @@ def train_reinforce_ema(model, tokenizer, prompts: list[str], answers: list[str]
             "baseline": stats["baseline"],
             "mean_completion_length": sum(lengths) / len(lengths),
             "frac_reward_zero_std": sum(max(g) == min(g) for g in groups) / len(groups),
-        })
+        }
+        history.append({"step": step + 1, **{k: round(v, 5) for k, v in metrics.items()}})
+        on_step(step + 1, metrics)
+        if checkpoints and checkpoints.every_steps and (step + 1) % checkpoints.every_steps == 0 \
+                and step + 1 < cfg.steps:
+            save_checkpoint(checkpoints, step + 1, {
+                "trainable": {name: p.detach().clone() for name, p in trainable.items()},
+                "optimizer": optimizer.state_dict(), "baseline": baseline.value, "history": history,
+                "log": log.state_dict(), "torch_rng": torch.get_rng_state()})
+    return history, first_step
+
+
+CHECKPOINT_FILE = "reinforce_ema.pt"
+
+
+def save_checkpoint(checkpoints, step: int, state: dict) -> None:
+    """checkpoint-<step>/ written whole (a temporary directory renamed), then older ones removed."""
+    import json
+    import os
+    import shutil
+
+    import torch
+
+    from posttrain.resume import LEDGER
+
+    final = checkpoints.directory / f"checkpoint-{step}"
+    tmp = checkpoints.directory / f".tmp-checkpoint-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(state, tmp / CHECKPOINT_FILE)
+    (tmp / LEDGER).write_text(json.dumps({"step": step}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for older_step, path in checkpoints.complete()[:-1]:
+        shutil.rmtree(path, ignore_errors=True)

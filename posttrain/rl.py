@@ -22,6 +22,14 @@ class CompletionLog:
             self.steps.append([])
         self.steps[step] += list(zip(completions, answers))
 
+    # Saved with each resumable checkpoint (posttrain/resume.py), so the monitors of a
+    # resumed run still see its first step.
+    def state_dict(self) -> dict:
+        return {"steps": [[list(pair) for pair in step] for step in self.steps]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = [[tuple(pair) for pair in step] for step in state["steps"]]
+
 
 def _text(completion) -> str:
     # TRL passes conversational completions as [{"role": "assistant", "content": ...}].

@@ -2,6 +2,8 @@
 quantised), the LoRA config, TRL's common arguments, saving the trained adapter, and
 the loss history as a DVC plot.
 
+Resumable checkpoints: posttrain/resume.py.
+
 Under `accelerate launch` (posttrain/launch.py) every process runs the whole stage
 script and trains; only the main process writes outputs (posttrain/io.py refuses the
 others), and saving is a step all processes take (see save_adapter).
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from posttrain.config import PARAMS_FILE, LoraParams, Params, RlParams, TrainParams
 from posttrain.io import atomic_dir, write_text_atomic
+from posttrain.resume import Checkpoints
 
 
 def lora_config(lora: LoraParams, task_type: str = "CAUSAL_LM"):
@@ -67,20 +70,30 @@ def load_base_for_training(base_dir: str | Path, quantization: str):
     return model
 
 
-def trainer_arguments_basic(params: Params, output_dir: str | Path, learning_rate: float, max_steps: int | None,
+def checkpoints_for(stage: str, params: Params, sections: list[str], examples: list,
+                    inputs: list[str | Path]) -> Checkpoints:
+    """Where `stage` keeps resumable checkpoints, keyed by the params sections it reads,
+    its training examples and the files of the checkpoint it starts from (inputs)."""
+    dumped = params.model_dump(mode="json")
+    material = {"params": {section: dumped[section] for section in sections}, "examples": examples}
+    return Checkpoints.for_run(params.resume, stage, material, inputs)
+
+
+def trainer_arguments_basic(params: Params, checkpoints: Checkpoints, learning_rate: float, max_steps: int | None,
                             logging_steps: int, max_grad_norm: float, bf16: bool) -> dict:
-    """Arguments every TRL config of ours shares (SFTConfig, DPOConfig, GRPOConfig...)."""
+    """Arguments every TRL config of ours shares (SFTConfig, DPOConfig, GRPOConfig...).
+    The trainer writes resumable checkpoints (and its scratch) under checkpoints.directory;
+    the stage saves the final adapter itself, atomically, into its DVC output."""
     import torch
 
     on_gpu = torch.cuda.is_available()
     return dict(
-        output_dir=str(output_dir),
+        **checkpoints.trainer_arguments(),
         learning_rate=learning_rate,
         max_steps=max_steps or -1,
         logging_steps=logging_steps,
         max_grad_norm=max_grad_norm,
         seed=params.seed,
-        save_strategy="no",  # the stage saves the final adapter itself, atomically
         report_to=["mlflow"],  # logs into the stage's open MLflow run
         use_cpu=not on_gpu,
         # Autocast to bf16 (weights and optimiser stay fp32). On a CPU with avx512_bf16 a
@@ -93,9 +106,9 @@ def trainer_arguments_basic(params: Params, output_dir: str | Path, learning_rat
     )
 
 
-def trainer_arguments(params: Params, train: TrainParams, output_dir: str | Path) -> dict:
+def trainer_arguments(params: Params, train: TrainParams, checkpoints: Checkpoints) -> dict:
     """trainer_arguments_basic plus the optimisation knobs of a TrainParams section."""
-    arguments = trainer_arguments_basic(params, output_dir, train.learning_rate, train.max_steps,
+    arguments = trainer_arguments_basic(params, checkpoints, train.learning_rate, train.max_steps,
                                         train.logging_steps, train.max_grad_norm, train.bf16)
     arguments["gradient_checkpointing"] = train.gradient_checkpointing
     return dict(
@@ -146,14 +159,17 @@ def gathered_state_dict(trainer) -> dict | None:
     return None
 
 
-def save_adapter(trainer, path: str | Path, **save_options) -> None:
+def save_adapter(trainer, path: str | Path, checkpoints: Checkpoints | None = None, **save_options) -> None:
     """Save the trainer's adapter to `path` atomically. Call it on every process: the
     weights are gathered from all of them and the main process writes. save_options go
-    to save_pretrained (e.g. selected_adapters=["default"])."""
+    to save_pretrained (e.g. selected_adapters=["default"]). Then the run's resumable
+    checkpoints, if given, are removed: the stage's output now holds the result."""
     state_dict = gathered_state_dict(trainer)
     if trainer.accelerator.is_main_process:
         with atomic_dir(path) as out:
             trainer.accelerator.unwrap_model(trainer.model).save_pretrained(out, state_dict=state_dict, **save_options)
+        if checkpoints:
+            checkpoints.remove()
 
 
 def write_rows_csv(path: str | Path, rows: list[dict]) -> None:

@@ -24,13 +24,14 @@ START_CHECKPOINT = "sft"
 OUT_DIR = "models/dpo"
 METRICS_FILE = "metrics/dpo.json"
 LOSS_PLOT = "metrics/dpo/loss.csv"
+SECTIONS = ["seed", "prompt", "dpo"]  # the params sections this stage reads
 cfg = params.dpo
 
 runtime.setup(params.runtime, params.seed)
-with tracking.stage_run("dpo", params, ["seed", "prompt", "dpo"]):
+with tracking.stage_run("dpo", params, SECTIONS):
     pairs = read_jsonl("data/preferences/train.jsonl")[: cfg.max_pairs]
     examples = [preference_example(p, params.prompt) for p in pairs]
-    result = train_dpo(params, cfg, START_CHECKPOINT, examples, OUT_DIR, LOSS_PLOT)
+    result = train_dpo(params, cfg, START_CHECKPOINT, examples, OUT_DIR, LOSS_PLOT, "dpo", SECTIONS)
     if not result.main_process:
         raise SystemExit(0)  # trained its share; the main process writes
 
@@ -41,6 +42,7 @@ with tracking.stage_run("dpo", params, ["seed", "prompt", "dpo"]):
         "final_reward_accuracy": result.final_reward_accuracy,
         "final_reward_margin": result.final_reward_margin,
         "seconds": result.seconds,
+        "resumed_from_step": result.resumed_from_step,
         "processes": result.processes,
     }
     write_json(METRICS_FILE, metrics)

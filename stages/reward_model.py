@@ -12,31 +12,30 @@ process trains on its share of each batch, then scores all held-out pairs (with 
 sharded model each forward pass is collective); the main process alone writes.
 """
 
-import tempfile
-import time
 from statistics import mean, pstdev
 
 from posttrain.config import load_params
 
 params = load_params()
 
-from posttrain import runtime, tracking  # noqa: E402
+from posttrain import resume, runtime, tracking  # noqa: E402
 from posttrain.evaluation import histogram, score_texts  # noqa: E402
 from posttrain.preferences import preference_example  # noqa: E402
 from posttrain.io import read_jsonl, write_json  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_reward_backbone, load_tokenizer  # noqa: E402
 from posttrain.training import (  # noqa: E402
-    lora_config, save_adapter, trainer_arguments, write_log_history, write_rows_csv)
+    checkpoints_for, lora_config, save_adapter, trainer_arguments, write_log_history, write_rows_csv)
 
 INIT_CHECKPOINT = "sft"
 OUT_DIR = "models/reward_model"
 METRICS_FILE = "metrics/reward_model.json"
 SCORES_PLOT = "metrics/reward_model/scores.csv"
 LOSS_PLOT = "metrics/reward_model/loss.csv"
+SECTIONS = ["seed", "prompt", "reward_model"]  # the params sections this stage reads
 cfg = params.reward_model
 
 runtime.setup(params.runtime, params.seed)
-with tracking.stage_run("reward_model", params, ["seed", "prompt", "reward_model"]):
+with tracking.stage_run("reward_model", params, SECTIONS):
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
@@ -46,18 +45,17 @@ with tracking.stage_run("reward_model", params, ["seed", "prompt", "reward_model
     tokenizer = load_tokenizer(base_dir, padding_side="right")
     model = load_reward_backbone(base_dir, adapter_dir, tokenizer.pad_token_id)
 
-    with tempfile.TemporaryDirectory() as scratch:
-        trainer = RewardTrainer(
-            model=model,
-            args=RewardConfig(**trainer_arguments(params, cfg, scratch), max_length=cfg.max_length),
-            train_dataset=Dataset.from_list([preference_example(p, params.prompt) for p in train_pairs]),
-            processing_class=tokenizer,
-            peft_config=lora_config(cfg.lora, task_type="SEQ_CLS"),
-        )
-        started = time.perf_counter()
-        result = trainer.train()
-        seconds = time.perf_counter() - started
-    save_adapter(trainer, OUT_DIR)  # every process takes part
+    train_examples = [preference_example(p, params.prompt) for p in train_pairs]
+    checkpoints = checkpoints_for("reward_model", params, SECTIONS, train_examples, [base_dir, adapter_dir])
+    trainer = RewardTrainer(
+        model=model,
+        args=RewardConfig(**trainer_arguments(params, cfg, checkpoints), max_length=cfg.max_length),
+        train_dataset=Dataset.from_list(train_examples),
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg.lora, task_type="SEQ_CLS"),
+    )
+    run = resume.train(trainer, checkpoints)
+    save_adapter(trainer, OUT_DIR, checkpoints)  # every process takes part
 
     reward_model = trainer.model.eval()
     examples = [preference_example(p, params.prompt) for p in held_out]
@@ -75,9 +73,10 @@ with tracking.stage_run("reward_model", params, ["seed", "prompt", "reward_model
         "held_out_mean_margin": round(mean(margins), 4),
         "score_mean": round(mean(chosen + rejected), 4),
         "score_std": round(pstdev(chosen + rejected), 4),
-        "train_loss": round(result.training_loss, 4),
+        "train_loss": run.train_loss,
         "steps": trainer.state.global_step,
-        "seconds": round(seconds, 1),
+        "seconds": run.seconds,
+        "resumed_from_step": run.resumed_from_step,
         "processes": trainer.accelerator.num_processes,
     }
     write_json(METRICS_FILE, metrics)

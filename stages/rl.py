@@ -16,7 +16,6 @@ then cover the main process's samples. rl.vllm generates with vLLM (GPU, TRL alg
 """
 
 import os
-import tempfile
 import time
 
 from posttrain.config import PARAMS_FILE, load_params
@@ -29,25 +28,26 @@ if params.rl.algorithm == "reinforce_ema" and processes > 1:
     raise SystemExit(f"{PARAMS_FILE}: launch.processes: rl.algorithm reinforce_ema trains in one process; "
                      "set launch.processes: 1 or use a TRL algorithm (grpo, dr_grpo, dapo, gspo, rloo)")
 
-from posttrain import runtime, tracking  # noqa: E402
+from posttrain import resume, runtime, tracking  # noqa: E402
 from posttrain.generation import gsm_messages, render_prompts  # noqa: E402
 from posttrain.io import atomic_dir, read_jsonl, write_json  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.rewards import RewardWeights, reward_parts, total_reward  # noqa: E402
 from posttrain.rl import CompletionLog, drift_report, trl_algorithm_arguments, trl_reward_functions  # noqa: E402
 from posttrain.training import (  # noqa: E402
-    load_base_for_training, save_adapter, trainer_arguments_basic, write_rows_csv)
+    checkpoints_for, load_base_for_training, save_adapter, trainer_arguments_basic, write_rows_csv)
 
 OUT_DIR = "models/rl"
 METRICS_FILE = "metrics/rl.json"
 LOG_PLOT = "metrics/rl/log.csv"
+SECTIONS = ["seed", "prompt", "rl"]  # the params sections this stage reads
 cfg = params.rl
 weights = RewardWeights(**cfg.reward.model_dump())
 REWARD_MODEL_DIR = "models/reward_model"
 REWARD_INIT_CHECKPOINT = "sft"  # the reward model's backbone (see stages/reward_model.py)
 
 runtime.setup(params.runtime, params.seed)
-with tracking.stage_run("rl", params, ["seed", "prompt", "rl"]):
+with tracking.stage_run("rl", params, SECTIONS):
     from peft import PeftModel
 
     records = read_jsonl("data/prepared/rl.jsonl")[: cfg.num_prompts]
@@ -86,13 +86,14 @@ with tracking.stage_run("rl", params, ["seed", "prompt", "rl"]):
             return scored
 
         def on_step(step, metrics):
-            history.append({"step": step, **{k: round(v, 5) for k, v in metrics.items()}})
             tracking.log_metrics(metrics, step=step)
             print(f"rl step {step}/{cfg.steps}: reward {metrics['reward']:.3f} baseline {metrics['baseline']:.3f}")
 
         prompts = render_prompts(tokenizer, [gsm_messages(r["question"], params.prompt) for r in records])
-        train_reinforce_ema(policy, tokenizer, prompts, [r["answer"] for r in records], reward_fn, cfg,
-                            completion_log, on_step, start_adapter_dir=adapter_dir)
+        checkpoints = checkpoints_for("rl", params, SECTIONS, records, [base_dir, adapter_dir])
+        history, resumed_from_step = train_reinforce_ema(
+            policy, tokenizer, prompts, [r["answer"] for r in records], reward_fn, cfg, completion_log, on_step,
+            start_adapter_dir=adapter_dir, checkpoints=checkpoints)
     else:
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
@@ -101,28 +102,29 @@ with tracking.stage_run("rl", params, ["seed", "prompt", "rl"]):
                                      for r in records])
         functions, function_weights = trl_reward_functions(weights, completion_log, cfg.max_new_tokens,
                                                            score_with_reward_model)
-        with tempfile.TemporaryDirectory() as scratch:
-            common = dict(
-                **trainer_arguments_basic(params, scratch, cfg.learning_rate, cfg.steps, cfg.logging_steps,
-                                          cfg.max_grad_norm, cfg.bf16),
-                per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
-                num_generations=cfg.num_generations,
-                max_completion_length=cfg.max_new_tokens,
-                temperature=cfg.temperature,
-                beta=cfg.beta,
-                reward_weights=function_weights,
-                lr_scheduler_type="constant",  # as reinforce_ema, so the algorithms compare fairly
-                weight_decay=0.0,
-                **vllm,
-            )
-            if cfg.algorithm == "rloo":
-                config, trainer_class = RLOOConfig(**common), RLOOTrainer
-            else:
-                config = GRPOConfig(**common, epsilon=cfg.epsilon, **trl_algorithm_arguments(cfg))
-                trainer_class = GRPOTrainer
-            trainer = trainer_class(model=policy, reward_funcs=functions, args=config, train_dataset=dataset,
-                                    processing_class=tokenizer)
-            trainer.train()
+        checkpoints = checkpoints_for("rl", params, SECTIONS, records, [base_dir, adapter_dir])
+        common = dict(
+            **trainer_arguments_basic(params, checkpoints, cfg.learning_rate, cfg.steps, cfg.logging_steps,
+                                      cfg.max_grad_norm, cfg.bf16),
+            per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+            num_generations=cfg.num_generations,
+            max_completion_length=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            beta=cfg.beta,
+            reward_weights=function_weights,
+            lr_scheduler_type="constant",  # as reinforce_ema, so the algorithms compare fairly
+            weight_decay=0.0,
+            **vllm,
+        )
+        if cfg.algorithm == "rloo":
+            config, trainer_class = RLOOConfig(**common), RLOOTrainer
+        else:
+            config = GRPOConfig(**common, epsilon=cfg.epsilon, **trl_algorithm_arguments(cfg))
+            trainer_class = GRPOTrainer
+        trainer = trainer_class(model=policy, reward_funcs=functions, args=config, train_dataset=dataset,
+                                processing_class=tokenizer)
+        run = resume.train(trainer, checkpoints, sidecar=completion_log)
+        resumed_from_step = run.resumed_from_step
         for entry in trainer.state.log_history:
             if "reward" in entry:
                 history.append({"step": entry["step"], **{k: v for k, v in entry.items()
@@ -132,8 +134,9 @@ with tracking.stage_run("rl", params, ["seed", "prompt", "rl"]):
     if cfg.algorithm == "reinforce_ema":  # one process
         with atomic_dir(OUT_DIR) as out:
             policy.save_pretrained(out, selected_adapters=["default"])
+        checkpoints.remove()
     else:
-        save_adapter(trainer, OUT_DIR, selected_adapters=["default"])  # every process takes part
+        save_adapter(trainer, OUT_DIR, checkpoints, selected_adapters=["default"])  # every process takes part
         if not trainer.accelerator.is_main_process:
             raise SystemExit(0)  # trained its share; the main process writes
     write_rows_csv(LOG_PLOT, history)
@@ -143,7 +146,8 @@ with tracking.stage_run("rl", params, ["seed", "prompt", "rl"]):
         "start": cfg.start,
         "steps": cfg.steps,
         "seconds": round(seconds, 1),
-        "seconds_per_step": round(seconds / cfg.steps, 2),
+        "seconds_per_step": round(seconds / (cfg.steps - resumed_from_step), 2),
+        "resumed_from_step": resumed_from_step,
         "processes": processes,
         "first_step_reward": history[0].get("reward") if history else None,
         "last_step_reward": history[-1].get("reward") if history else None,

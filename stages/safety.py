@@ -51,10 +51,11 @@ OUT_DIR = "models/safety"
 PAIRS_FILE = "data/safety/pairs.jsonl"
 METRICS_FILE = "metrics/safety.json"
 LOSS_PLOT = "metrics/safety/loss.csv"
+SECTIONS = ["seed", "prompt", "safety", "generation"]  # the params sections this stage reads
 cfg = params.safety
 
 runtime.setup(params.runtime, params.seed)
-with tracking.stage_run("safety", params, ["seed", "prompt", "safety", "generation"]):
+with tracking.stage_run("safety", params, SECTIONS):
     state = process_state()
     if state.is_main_process:  # under `accelerate launch`, one process samples and builds the pairs
         tokenizer = load_tokenizer(checkpoint_dirs(cfg.start)[0])
@@ -112,7 +113,7 @@ with tracking.stage_run("safety", params, ["seed", "prompt", "safety", "generati
     mix = read_jsonl(PAIRS_FILE)
     examples = [preference_example(p, params.prompt) if p["source"] == GSM_REPLAY else safety_example(p, params.prompt)
                 for p in mix]
-    result = train_dpo(params, cfg, cfg.start, examples, OUT_DIR, LOSS_PLOT, cfg.sft_weight)
+    result = train_dpo(params, cfg, cfg.start, examples, OUT_DIR, LOSS_PLOT, "safety", SECTIONS, cfg.sft_weight)
     if not result.main_process:
         raise SystemExit(0)  # trained its share; the main process writes
 
@@ -136,6 +137,7 @@ with tracking.stage_run("safety", params, ["seed", "prompt", "safety", "generati
         "replay": replay_metrics,
         "sampling_seconds": round(sampling_seconds, 1),
         "seconds": result.seconds,
+        "resumed_from_step": result.resumed_from_step,
         "processes": result.processes,
     }
     write_json(METRICS_FILE, metrics)

@@ -11,19 +11,17 @@ Under `accelerate launch` (params launch.*) every process trains on its share of
 batch and the main process alone writes.
 """
 
-import tempfile
-import time
-
 from posttrain.config import load_params
 
 params = load_params()
 
-from posttrain import runtime, tracking  # noqa: E402
+from posttrain import resume, runtime, tracking  # noqa: E402
 from posttrain.generation import gsm_messages  # noqa: E402
 from posttrain.io import atomic_dir, read_jsonl, write_json  # noqa: E402
 from posttrain.models import BASE_CHECKPOINT, load_tokenizer  # noqa: E402
 from posttrain.training import (  # noqa: E402
-    fit_to_length, gathered_state_dict, load_base_for_training, lora_config, trainer_arguments, write_log_history)
+    checkpoints_for, fit_to_length, gathered_state_dict, load_base_for_training, lora_config, trainer_arguments,
+    write_log_history)
 
 BASE_DIR = f"models/{BASE_CHECKPOINT}"
 OUT_DIR = "models/sft"
@@ -54,29 +52,27 @@ with tracking.stage_run("sft", params, ["seed", "prompt", "sft"]):
     if cfg.merge and cfg.quantization != "none":
         raise SystemExit("sft.merge: merging into a quantised base loses precision; "
                          "merge an adapter trained with sft.quantization: none")
-    # Trainer scratch (logs, no checkpoints) lives outside the DVC output.
-    with tempfile.TemporaryDirectory() as scratch:
-        config = SFTConfig(
-            **trainer_arguments(params, cfg, scratch),
-            max_length=cfg.max_length,
-            packing=cfg.packing,
-            assistant_only_loss=cfg.assistant_only_loss,
-            include_num_input_tokens_seen="non_padding",
-        )
-        trainer = SFTTrainer(
-            model=load_base_for_training(BASE_DIR, cfg.quantization),
-            args=config,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            peft_config=lora_config(cfg.lora),
-        )
-        started = time.perf_counter()
-        result = trainer.train()
-        seconds = time.perf_counter() - started
+    # Resumable checkpoints (and the trainer's scratch) live outside the DVC output.
+    checkpoints = checkpoints_for("sft", params, ["seed", "prompt", "sft"], conversations, [BASE_DIR])
+    config = SFTConfig(
+        **trainer_arguments(params, cfg, checkpoints),
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        assistant_only_loss=cfg.assistant_only_loss,
+        include_num_input_tokens_seen="non_padding",
+    )
+    trainer = SFTTrainer(
+        model=load_base_for_training(BASE_DIR, cfg.quantization),
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg.lora),
+    )
+    run = resume.train(trainer, checkpoints)
 
     state_dict = gathered_state_dict(trainer)  # every process takes part (FSDP, ZeRO-3)
     if not trainer.accelerator.is_main_process:
-        raise SystemExit(0)  # trained its share; the main process writes
+        raise SystemExit(0)  # trained its share; the main process writes (and removes the checkpoints)
     model = trainer.accelerator.unwrap_model(trainer.model)
     trainable, _ = model.get_nb_trainable_parameters()
     with atomic_dir(OUT_DIR) as out:
@@ -87,6 +83,7 @@ with tracking.stage_run("sft", params, ["seed", "prompt", "sft"]):
             merged = PeftModel.from_pretrained(load_base_for_training(BASE_DIR, "none"), out).merge_and_unload()
             merged.save_pretrained(out / "merged")
             tokenizer.save_pretrained(out / "merged")
+    checkpoints.remove()
 
     history = write_log_history(trainer.state.log_history, LOSS_PLOT, ["loss", "learning_rate", "grad_norm"])
     tokens = trainer.state.num_input_tokens_seen
@@ -94,11 +91,13 @@ with tracking.stage_run("sft", params, ["seed", "prompt", "sft"]):
         "examples": len(dataset),
         "skipped_too_long": too_long,
         "steps": trainer.state.global_step,
-        "train_loss": round(result.training_loss, 4),
+        "train_loss": run.train_loss,
         "final_loss": history[-1]["loss"] if history else None,
         "train_tokens": tokens,
-        "tokens_per_second": round(tokens / seconds, 1),
-        "seconds": round(seconds, 1),
+        # a resumed run: tokens of the whole run over the seconds since the resume
+        "tokens_per_second": round(tokens / run.seconds, 1),
+        "seconds": run.seconds,
+        "resumed_from_step": run.resumed_from_step,
         "trainable_parameters": trainable,
         "threads": threads,
         "processes": trainer.accelerator.num_processes,

@@ -22,11 +22,20 @@ def stage_env() -> dict:
     return env
 
 
-def run_stage(workdir: Path, script: str, *args: str, overrides: dict | None = None, check: bool = True):
-    """Run stages/<script>.py in workdir, with params = smoke profile + overrides."""
+def write_params(workdir: Path, overrides: dict | None = None) -> None:
+    """workdir/params.yaml = smoke profile + overrides."""
     params = deep_merge(profile_params("smoke", REPO / "params.yaml"), overrides or {})
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = subprocess.run([sys.executable, str(REPO / "stages" / f"{script}.py"), *args], cwd=workdir,
+
+
+def stage_command(script: str, *args: str) -> list[str]:
+    return [sys.executable, str(REPO / "stages" / f"{script}.py"), *args]
+
+
+def run_stage(workdir: Path, script: str, *args: str, overrides: dict | None = None, check: bool = True):
+    """Run stages/<script>.py in workdir, with params = smoke profile + overrides."""
+    write_params(workdir, overrides)
+    result = subprocess.run(stage_command(script, *args), cwd=workdir,
                             env=stage_env(), capture_output=True, text=True, timeout=900)
     if check:
         assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
