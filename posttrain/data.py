@@ -75,7 +75,7 @@ def iter_jsonl(path: Path, split: str) -> Iterator[RawRecord]:
                 if number == 1:
                     if data.startswith(UTF16_BOMS):
                         raise DataError(f"data.source: {path} is UTF-16 encoded; save it as UTF-8 "
-                                        "(one JSON object a line)")
+                                        "(one JSON object per line)")
                     data = data.removeprefix(UTF8_BOM)
                 try:
                     line = data.decode("utf-8")

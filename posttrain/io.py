@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from posttrain.errors import UserError
+
 
 def _main_process_only(path: Path) -> None:
     rank = os.environ.get("RANK", "0")
@@ -63,9 +65,40 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     return len(lines)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+GSM_RECORD = ("id", "question", "answer", "solution")  # data/prepared/{sft,rl,test}.jsonl
+PAIR = ("question", "chosen", "rejected")  # data/preferences/*.jsonl
+SAFETY_PROMPT = ("id", "category", "kind", "prompt", "response")  # data/prepared/safety_*.jsonl
+
+
+class UpstreamOutputError(UserError):
+    """A file an earlier stage wrote is missing or damaged."""
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
+    """The records of a JSONL file an earlier stage wrote, each an object with the
+    `required` keys; a missing or damaged file is one line naming it (and the line) and
+    how to restore it, not a traceback."""
+    path = Path(path)
+    restore = f"restore it with `dvc checkout {path}` or rebuild it with `dvc repro`"
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise UpstreamOutputError(f"{path} is missing (an earlier stage writes it); {restore}") from None
+    records = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise UpstreamOutputError(f"{path}:{number}: not UTF-8; {restore}") from None
+        except json.JSONDecodeError as exc:
+            raise UpstreamOutputError(f"{path}:{number}: not valid JSON ({exc.msg}); {restore}") from None
+        missing = [key for key in required if not isinstance(record, dict) or key not in record]
+        if missing:
+            raise UpstreamOutputError(f"{path}:{number}: record lacks {', '.join(missing)}; {restore}")
+        records.append(record)
+    return records
 
 
 def looks_like_path(source: str) -> bool:

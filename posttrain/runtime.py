@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -70,6 +71,9 @@ def setup(runtime: RuntimeParams, seed: int) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     errors.install()  # a UserError ends the stage in its one line, without a traceback
+    # bitsandbytes (imported by peft) warns on every import that the optional `kernels`
+    # hub package is absent, then uses its own CPU kernel: noise in every stage's log.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     threads = thread_count(runtime)
     import torch
 

@@ -30,24 +30,34 @@ class SafetyDataError(UserError, ValueError):
 def read_safety_file(path: Path) -> list[dict]:
     """Every row, validated; a bad row is an error naming its line (this set is small and curated)."""
     rows, ids = [], set()
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SafetyDataError(f"{where}: invalid JSON ({exc.msg})") from None
-            missing = [key for key in REQUIRED if not isinstance(row.get(key), str) or not row[key].strip()]
-            if missing:
-                raise SafetyDataError(f"{where}: missing or empty field(s) {', '.join(missing)}")
-            if row["kind"] not in KINDS:
-                raise SafetyDataError(f"{where}: kind must be one of {KINDS}, got {row['kind']!r}")
-            if row["id"] in ids:
-                raise SafetyDataError(f"{where}: duplicate id {row['id']!r}")
-            ids.add(row["id"])
-            rows.append(row)
+    data = Path(path).read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SafetyDataError(f"{path}: UTF-16 text; save it as UTF-8 (one JSON object per line)")
+    # A UTF-8 byte-order mark (spreadsheet and Windows editor exports) is accepted.
+    for number, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").splitlines(), start=1):
+        where = f"{path}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SafetyDataError(f"{where}: not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1}); "
+                                  "save the file as UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SafetyDataError(f"{where}: invalid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise SafetyDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        missing = [key for key in REQUIRED if not isinstance(row.get(key), str) or not row[key].strip()]
+        if missing:
+            raise SafetyDataError(f"{where}: missing or empty field(s) {', '.join(missing)}")
+        if row["kind"] not in KINDS:
+            raise SafetyDataError(f"{where}: kind must be one of {KINDS}, got {row['kind']!r}")
+        if row["id"] in ids:
+            raise SafetyDataError(f"{where}: duplicate id {row['id']!r}")
+        ids.add(row["id"])
+        rows.append(row)
     for kind in KINDS:
         if not any(row["kind"] == kind for row in rows):
             raise SafetyDataError(f"{path}: has no {kind!r} prompts; both kinds are needed")

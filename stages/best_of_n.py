@@ -19,7 +19,7 @@ exit_unless_available(params.generation)
 from posttrain import runtime, tracking  # noqa: E402
 from posttrain.evaluation import best_of_n_metrics, score_texts  # noqa: E402
 from posttrain.generation import gsm_messages, render_prompts  # noqa: E402
-from posttrain.io import read_jsonl, write_json  # noqa: E402
+from posttrain.io import GSM_RECORD, read_jsonl, write_json  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_reward_model, load_tokenizer  # noqa: E402
 
 REWARD_INIT_CHECKPOINT = "sft"  # the reward model's backbone (see stages/reward_model.py)
@@ -28,7 +28,7 @@ cfg = params.best_of_n
 
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("best_of_n", params, ["seed", "prompt", "best_of_n", "generation"]):
-    problems = read_jsonl("data/prepared/test.jsonl")[: cfg.limit]
+    problems = read_jsonl("data/prepared/test.jsonl", GSM_RECORD)[: cfg.limit]
     greedy = {row["id"]: row["strict_correct"] for row in read_jsonl(f"data/eval/{cfg.policy}.jsonl")
               if row["task"] == "gsm"}
     if missing := [p["id"] for p in problems if p["id"] not in greedy]:

@@ -17,7 +17,7 @@ params = load_params()
 
 from posttrain import runtime, tracking  # noqa: E402
 from posttrain.dpo import train_dpo  # noqa: E402
-from posttrain.io import read_jsonl, write_json  # noqa: E402
+from posttrain.io import PAIR, read_jsonl, write_json  # noqa: E402
 from posttrain.preferences import preference_example  # noqa: E402
 
 START_CHECKPOINT = "sft"
@@ -29,7 +29,7 @@ cfg = params.dpo
 
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("dpo", params, SECTIONS):
-    pairs = read_jsonl("data/preferences/train.jsonl")[: cfg.max_pairs]
+    pairs = read_jsonl("data/preferences/train.jsonl", PAIR)[: cfg.max_pairs]
     examples = [preference_example(p, params.prompt) for p in pairs]
     result = train_dpo(params, cfg, START_CHECKPOINT, examples, OUT_DIR, LOSS_PLOT, "dpo", SECTIONS)
     if not result.main_process:

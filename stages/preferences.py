@@ -22,7 +22,7 @@ exit_unless_available(params.generation)
 from posttrain import runtime, tracking  # noqa: E402
 from posttrain.generation import gsm_messages, render_prompts  # noqa: E402
 from posttrain.gsm import grade  # noqa: E402
-from posttrain.io import atomic_dir, read_jsonl, write_json, write_jsonl  # noqa: E402
+from posttrain.io import GSM_RECORD, atomic_dir, read_jsonl, write_json, write_jsonl  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.preferences import pairs_for_prompt, split_by_prompt  # noqa: E402
 
@@ -34,7 +34,7 @@ cfg = params.preferences
 
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("preferences", params, ["seed", "prompt", "preferences", "generation"]):
-    records = read_jsonl(PROMPTS_FILE)[: cfg.num_prompts]
+    records = read_jsonl(PROMPTS_FILE, GSM_RECORD)[: cfg.num_prompts]
     tokenizer = load_tokenizer(checkpoint_dirs(POLICY)[0])
     k = cfg.samples_per_prompt
     prompts = render_prompts(tokenizer, [gsm_messages(r["question"], params.prompt) for r in records])

@@ -21,7 +21,7 @@ params = load_params()
 from posttrain import resume, runtime, tracking  # noqa: E402
 from posttrain.evaluation import histogram, score_texts  # noqa: E402
 from posttrain.preferences import preference_example  # noqa: E402
-from posttrain.io import read_jsonl, write_json  # noqa: E402
+from posttrain.io import PAIR, read_jsonl, write_json  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_reward_backbone, load_tokenizer  # noqa: E402
 from posttrain.training import (  # noqa: E402
     checkpoints_for, lora_config, save_adapter, trainer_arguments, write_log_history, write_rows_csv)
@@ -39,8 +39,8 @@ with tracking.stage_run("reward_model", params, SECTIONS):
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    train_pairs = read_jsonl("data/preferences/train.jsonl")[: cfg.max_pairs]
-    held_out = read_jsonl("data/preferences/held_out.jsonl")
+    train_pairs = read_jsonl("data/preferences/train.jsonl", PAIR)[: cfg.max_pairs]
+    held_out = read_jsonl("data/preferences/held_out.jsonl", PAIR)
     base_dir, adapter_dir = checkpoint_dirs(INIT_CHECKPOINT)
     tokenizer = load_tokenizer(base_dir, padding_side="right")
     model = load_reward_backbone(base_dir, adapter_dir, tokenizer.pad_token_id)

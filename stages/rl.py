@@ -30,7 +30,7 @@ if params.rl.algorithm == "reinforce_ema" and processes > 1:
 
 from posttrain import resume, runtime, tracking  # noqa: E402
 from posttrain.generation import gsm_messages, render_prompts  # noqa: E402
-from posttrain.io import atomic_dir, read_jsonl, write_json  # noqa: E402
+from posttrain.io import GSM_RECORD, atomic_dir, read_jsonl, write_json  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.rewards import RewardWeights, reward_parts, total_reward  # noqa: E402
 from posttrain.rl import CompletionLog, drift_report, trl_algorithm_arguments, trl_reward_functions  # noqa: E402
@@ -50,7 +50,7 @@ runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("rl", params, SECTIONS):
     from peft import PeftModel
 
-    records = read_jsonl("data/prepared/rl.jsonl")[: cfg.num_prompts]
+    records = read_jsonl("data/prepared/rl.jsonl", GSM_RECORD)[: cfg.num_prompts]
     base_dir, adapter_dir = checkpoint_dirs(cfg.start)
     tokenizer = load_tokenizer(base_dir)
     policy = PeftModel.from_pretrained(load_base_for_training(base_dir, "none"), adapter_dir, is_trainable=True)

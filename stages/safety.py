@@ -35,7 +35,7 @@ from posttrain import runtime, tracking  # noqa: E402
 from posttrain.dpo import train_dpo  # noqa: E402
 from posttrain.generation import chat_messages, gsm_messages, render_prompts  # noqa: E402
 from posttrain.gsm import grade  # noqa: E402
-from posttrain.io import read_jsonl, write_json, write_jsonl  # noqa: E402
+from posttrain.io import GSM_RECORD, PAIR, SAFETY_PROMPT, read_jsonl, write_json, write_jsonl  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.preferences import preference_example  # noqa: E402
 from posttrain.refusal import classify_refusal  # noqa: E402
@@ -70,7 +70,7 @@ with tracking.stage_run("safety", params, SECTIONS):
                 return [out.completions[i * k : (i + 1) * k] for i in range(len(messages))], out.seconds
 
             # 1. What the start policy does with the safety training prompts today.
-            rows = read_jsonl(SAFETY_PROMPTS)
+            rows = read_jsonl(SAFETY_PROMPTS, SAFETY_PROMPT)
             samples, sampling_seconds = sample([chat_messages(row["prompt"], params.prompt) for row in rows],
                                                cfg.samples_per_prompt, s.max_new_tokens, f"sampling {cfg.start}")
             verdicts = [[classify_refusal(c) for c in group] for group in samples]
@@ -79,7 +79,7 @@ with tracking.stage_run("safety", params, SECTIONS):
             # 2. GSM pairs to replay, making up replay.fraction of the mix.
             r = cfg.replay
             if r.source == "on_policy":  # the start policy's own solutions (posttrain/safety.py says why)
-                records = read_jsonl(GSM_PROMPTS)
+                records = read_jsonl(GSM_PROMPTS, GSM_RECORD)
                 random.Random(params.seed).shuffle(records)
                 records = records[: replay_count(len(pairs), r.fraction, len(records))]  # at most one pair each
                 gsm_samples, gsm_seconds = sample(
@@ -91,7 +91,7 @@ with tracking.stage_run("safety", params, SECTIONS):
                 replay_metrics = {"prompts": len(records), "sampling_seconds": round(gsm_seconds, 1),
                                   "start_policy_sample_strict_accuracy": round(sum(graded) / max(1, len(graded)), 4)}
             else:  # stage preferences' pairs, sampled from the SFT policy
-                gsm_pairs = read_jsonl(GSM_PAIRS)
+                gsm_pairs = read_jsonl(GSM_PAIRS, PAIR)
                 n_replay = replay_count(len(pairs), r.fraction, len(gsm_pairs))
                 replay = [{**p, "source": GSM_REPLAY, "replay_kind": p["source"]}
                           for p in random.Random(params.seed).sample(gsm_pairs, n_replay)]
@@ -110,7 +110,7 @@ with tracking.stage_run("safety", params, SECTIONS):
     state.wait_for_everyone()
 
     # 4. DPO from the start checkpoint, on every process.
-    mix = read_jsonl(PAIRS_FILE)
+    mix = read_jsonl(PAIRS_FILE, ("chosen", "rejected", "source"))
     examples = [preference_example(p, params.prompt) if p["source"] == GSM_REPLAY else safety_example(p, params.prompt)
                 for p in mix]
     result = train_dpo(params, cfg, cfg.start, examples, OUT_DIR, LOSS_PLOT, "safety", SECTIONS, cfg.sft_weight)

@@ -17,7 +17,7 @@ params = load_params()
 
 from posttrain import resume, runtime, tracking  # noqa: E402
 from posttrain.generation import gsm_messages  # noqa: E402
-from posttrain.io import atomic_dir, read_jsonl, write_json  # noqa: E402
+from posttrain.io import GSM_RECORD, atomic_dir, read_jsonl, write_json  # noqa: E402
 from posttrain.models import BASE_CHECKPOINT, load_tokenizer  # noqa: E402
 from posttrain.training import (  # noqa: E402
     checkpoints_for, fit_to_length, gathered_state_dict, load_base_for_training, lora_config, trainer_arguments,
@@ -37,7 +37,7 @@ with tracking.stage_run("sft", params, ["seed", "prompt", "sft"]):
 
     tokenizer = load_tokenizer(BASE_DIR, padding_side="right")
     conversations, too_long = [], 0
-    for record in read_jsonl(TRAIN_FILE):
+    for record in read_jsonl(TRAIN_FILE, GSM_RECORD):
         messages = gsm_messages(record["question"], params.prompt)
         messages.append({"role": "assistant", "content": record["solution"]})
         fitted = fit_to_length(tokenizer, messages, cfg.max_length)

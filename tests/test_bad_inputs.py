@@ -86,7 +86,7 @@ def test_utf16_file_is_one_line(tmp_path):
     with pytest.raises(DataError) as caught:
         prepare_gsm(params(tmp_path), seed=0)
     assert str(caught.value) == (
-        f"data.source: {tmp_path / 'train.jsonl'} is UTF-16 encoded; save it as UTF-8 (one JSON object a line)")
+        f"data.source: {tmp_path / 'train.jsonl'} is UTF-16 encoded; save it as UTF-8 (one JSON object per line)")
 
 
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
