@@ -2,8 +2,8 @@
 
 Checks the plumbing end to end: stages run in order, outputs and metrics exist with
 sane values, MLflow has a run per stage nested in one parent per pipeline run, a second
-repro does nothing, an experiment that changes an evaluation knob reruns evaluation
-only, and queued experiments (run by `dvc queue start` in temporary copies) land their
+repro does nothing, an experiment that changes one stage's knob reruns that stage and
+what reads its outputs only, and queued experiments (run by `dvc queue start` in temporary copies) land their
 metrics, cache and MLflow runs in the one repository.
 """
 
@@ -24,7 +24,6 @@ REPO = Path(__file__).resolve().parent.parent
 COPIED = ["posttrain", "stages", "profiles", "dvc.yaml", ".dvc/config", ".dvcignore"]
 STAGE_RUNS = {"base", "prepare", "sft", "preferences", "reward_model", "dpo", "best_of_n", "rl", "safety",
               "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@rl", "evaluate@safety"}
-EVALUATIONS = ["evaluate@base", "evaluate@dpo", "evaluate@rl", "evaluate@safety", "evaluate@sft"]
 
 
 def run(cmd, cwd, env):
@@ -39,8 +38,8 @@ def stages_ran(output: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    """Three pipeline runs: `dvc repro`, a no-op `dvc repro`, and `dvc exp run -S` of an
-    evaluation knob; then two queued experiments run by two queue workers."""
+    """Three pipeline runs: `dvc repro`, a no-op `dvc repro`, and `dvc exp run -S` of the
+    best-of-N stage's knob; then two queued experiments run by two queue workers."""
     root = tmp_path_factory.mktemp("repo")
     for name in COPIED:
         source = REPO / name
@@ -61,7 +60,7 @@ def pipeline(tmp_path_factory):
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "pipeline outputs"], root, env)
     outputs["noop"] = run(["dvc", "repro"], root, env)
-    outputs["exp"] = run(["dvc", "exp", "run", "-n", "short-eval", "-S", "evaluate.max_new_tokens=12"], root, env)
+    outputs["exp"] = run(["dvc", "exp", "run", "-n", "best-of-3", "-S", "best_of_n.n=3"], root, env)
     run(["git", "checkout", "-q", "--", "."], root, env)  # back to the committed baseline
     run(["dvc", "checkout", "-q"], root, env)
     for steps in (3, 4):  # a knob whose effect on the metrics is certain: the safety stage's step count
@@ -169,9 +168,9 @@ def test_mlflow_nests_each_pipeline_runs_stages_under_one_parent(pipeline):
             children[r.data.tags["mlflow.parentRunId"]].append(r)  # every stage run has a parent
     by_experiment = {p.data.tags["dvc.experiment"]: children[run_id] for run_id, p in parents.items()}
     # The no-op repro ran no stage, so opened no pipeline run.
-    assert set(by_experiment) == {"workspace", "short-eval", "steps-3", "steps-4"}
+    assert set(by_experiment) == {"workspace", "best-of-3", "steps-3", "steps-4"}
     assert {r.data.tags["posttrain.stage"] for r in by_experiment["workspace"]} == STAGE_RUNS
-    assert sorted(r.data.tags["posttrain.stage"] for r in by_experiment["short-eval"]) == sorted(
+    assert sorted(r.data.tags["posttrain.stage"] for r in by_experiment["best-of-3"]) == sorted(
         s for s in stages_ran(outputs["exp"]) if s in STAGE_RUNS)
     for name in ("steps-3", "steps-4"):  # queued: ran in .dvc/tmp/exps copies, logged here
         assert {r.data.tags["posttrain.stage"] for r in by_experiment[name]} == {"safety", "evaluate@safety"}
@@ -190,11 +189,11 @@ def test_mlflow_nests_each_pipeline_runs_stages_under_one_parent(pipeline):
     assert by_stage["prepare"].data.metrics["splits.sft"] == 48
 
 
-def test_second_repro_does_nothing_and_an_eval_experiment_reruns_only_evaluation(pipeline):
+def test_second_repro_does_nothing_and_an_experiment_reruns_only_what_its_knob_reaches(pipeline):
     _, _, outputs = pipeline
     assert "Running stage" not in outputs["noop"]
-    # evaluation, and what reads its outputs: the scorecard, the report, and best-of-N (greedy results)
-    assert stages_ran(outputs["exp"]) == ["best_of_n", "compare", *EVALUATIONS, "report"], outputs["exp"]
+    # best-of-N, and what reads its outputs: the report
+    assert stages_ran(outputs["exp"]) == ["best_of_n", "report"], outputs["exp"]
 
 
 def test_queued_experiments_land_in_the_one_repository(pipeline):
@@ -203,7 +202,7 @@ def test_queued_experiments_land_in_the_one_repository(pipeline):
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env))
     experiments = {e["name"]: e for baseline in shown for e in (baseline.get("experiments") or [])
                    for e in [e["revs"][0]] if e.get("name")}
-    assert {"steps-3", "steps-4", "short-eval"} <= set(experiments)
+    assert {"steps-3", "steps-4", "best-of-3"} <= set(experiments)
     diff = json.loads(run(["dvc", "metrics", "diff", "steps-3", "steps-4", "--json"], root, env))
     assert diff["metrics/safety.json"]["steps"] == {"old": 3, "new": 4, "diff": 1}, diff
     # The queued outputs are in the repository's cache: applying one needs nothing rebuilt.
