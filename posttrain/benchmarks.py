@@ -239,18 +239,11 @@ def _max_length(model) -> int | None:
     return None
 
 
-def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]],
-                          batch_size: int = 8) -> list[tuple[float, int]]:
-    """(summed log-probability of the continuation given the context, number of continuation
-    tokens) per (context, continuation) pair, in input order. Batches are right-padded with
-    an attention mask, longest first; inputs longer than the model's context are cut on the
-    left (as lm-eval). Works for transformers causal LMs and PEFT-wrapped ones."""
-    import torch
-
-    if batch_size < 1:
-        raise ValueError(f"benchmarks: batch_size must be >= 1, got {batch_size}")
-    max_length = _max_length(model)
-    requests = []  # (index, input tokens, number of continuation tokens)
+def continuation_requests(tokenizer, pairs: list[tuple[str, str]],
+                          max_length: int | None = None) -> list[tuple[list[int], int]]:
+    """(tokens of context + continuation, number of continuation tokens) per pair: what a
+    scorer needs. Inputs longer than max_length + 1 tokens are cut on the left (as lm-eval)."""
+    requests = []
     for index, (context, continuation) in enumerate(pairs):
         context_tokens, continuation_tokens = encode_pair(tokenizer, context, continuation)
         if not continuation_tokens:
@@ -258,49 +251,43 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]],
         whole = context_tokens + continuation_tokens
         if max_length is not None:
             whole = whole[-(max_length + 1):]
-        requests.append((index, whole[:-1], whole, min(len(continuation_tokens), len(whole) - 1)))
-    requests.sort(key=lambda request: (-len(request[1]), request[0]))
+        requests.append((whole, min(len(continuation_tokens), len(whole) - 1)))
+    return requests
 
-    try:
-        device = next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        device = torch.device("cpu")
+
+def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]],
+                          batch_size: int = 8) -> list[tuple[float, int]]:
+    """(summed log-probability of the continuation given the context, number of continuation
+    tokens) per (context, continuation) pair, in input order, by a transformers causal LM."""
+    from posttrain.engine import model_logprobs
+
+    requests = continuation_requests(tokenizer, pairs, _max_length(model))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    results: list[tuple[float, int] | None] = [None] * len(pairs)
-    with torch.inference_mode():
-        for start in range(0, len(requests), batch_size):
-            batch = requests[start:start + batch_size]
-            width = max(len(inputs) for _, inputs, _, _ in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (_, inputs, _, _) in enumerate(batch):
-                input_ids[row, :len(inputs)] = torch.tensor(inputs, dtype=torch.long)
-                attention_mask[row, :len(inputs)] = 1
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-            for row, (index, inputs, whole, n_cont) in enumerate(batch):
-                length = len(inputs)
-                # position t predicts token t + 1: the continuation is whole[-n_cont:]
-                rows = logits[row, length - n_cont:length].float().log_softmax(-1)
-                targets = torch.tensor(whole[-n_cont:], dtype=torch.long, device=rows.device)
-                logprob = rows.gather(-1, targets[:, None]).sum().item()
-                results[index] = (float(logprob), n_cont)
-    return results  # type: ignore[return-value]
+    return list(zip(model_logprobs(model, pad_id, requests, batch_size), (n for _, n in requests)))
 
 
 def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))
 
 
-def score_task(model, tokenizer, items: list[dict], batch_size: int = 8) -> dict:
+def score_task(model, tokenizer, items: list[dict], batch_size: int = 8, scorer=None) -> dict:
     """{"acc", "acc_norm", "n", "rows"}: zero-shot multiple-choice accuracy (argmax of the
     summed log-probability) and length-normalised accuracy (argmax of log-probability per
-    character of the choice, the leading delimiter space not counted, as lm-eval)."""
+    character of the choice, the leading delimiter space not counted, as lm-eval).
+
+    The log-probabilities come from `model` (a transformers causal LM), or, given a
+    scorer, from scorer(requests) -> summed log-probabilities, with requests as
+    continuation_requests makes them: the generation engine's (posttrain/engine.py)."""
     pairs, owners = [], []
     for position, item in enumerate(items):
         for pair in item_pairs(item):
             pairs.append(pair)
             owners.append(position)
-    scores = continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size)
+    if scorer is None:
+        scores = continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size)
+    else:
+        requests = continuation_requests(tokenizer, pairs)
+        scores = list(zip(scorer(requests), (n for _, n in requests)))
     per_item: list[list[float]] = [[] for _ in items]
     for owner, (logprob, _) in zip(owners, scores):
         per_item[owner].append(logprob)

@@ -99,7 +99,7 @@ class SplitParams(_Section):
 
 class SafetyDataParams(_Section):
     source: str = "builtin"
-    test_fraction: float = Field(0.3, gt=0, lt=1)
+    test_fraction: float = Field(0.4, gt=0, lt=1)
 
 
 class DataParams(_Section):
@@ -153,7 +153,7 @@ class GeneralEvalParams(_Section):
 
 class EvaluateParams(_Section):
     max_new_tokens: int = Field(160, gt=0)
-    safety_max_new_tokens: int = Field(128, gt=0)
+    safety_max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(32, gt=0)
     temperature: float = Field(0.0, ge=0, description="0 means greedy decoding")
     top_p: float = Field(1.0, gt=0, le=1)
@@ -178,7 +178,7 @@ class GenerationParams(_Section):
 class LoraParams(_Section):
     r: int = Field(16, gt=0)
     alpha: int = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
     # "all-linear" or a list of module names (q_proj, v_proj, gate_proj, ...)
     target_modules: str | list[str] = "all-linear"
     # nn.Parameters to adapt directly, e.g. fused MoE expert weights that are not
@@ -331,7 +331,8 @@ class SafetyParams(DpoParams):
     start: Literal["sft", "dpo", "rl"] = Field("rl", description="checkpoint to align; also the DPO reference")
     learning_rate: float = Field(4e-4, gt=0)
     epochs: float = Field(2.0, gt=0)
-    max_pairs: int | None = Field(None, gt=0, description="train on at most N pairs of the mix (null = all)")
+    max_pairs: int | None = Field(160, gt=0, description="train on at most N pairs of the mix, replay share kept "
+                                  "(null = all)")
     replay: ReplayParams = ReplayParams()
     sft_weight: float = Field(1.0, ge=0, description="weight of an NLL loss on the chosen side (RPO); 0 = off")
     samples_per_prompt: int = Field(1, ge=1, description="start-policy completions per safety training prompt")

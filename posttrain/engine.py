@@ -76,6 +76,42 @@ def answer_line_cut(tokenizer, token_ids: list[int]) -> int | None:
     return low
 
 
+def model_logprobs(model, pad_id: int, requests: list[tuple[list[int], int]], batch_size: int = 8) -> list[float]:
+    """Summed log-probability of the last n tokens of each request, given the tokens
+    before them, by a transformers causal LM (PEFT-wrapped or not). Batches are
+    right-padded with an attention mask, longest first."""
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"benchmarks: batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(requests)), key=lambda i: (-len(requests[i][0]), i))
+    try:
+        device = next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        device = torch.device("cpu")
+    results: list[float] = [0.0] * len(requests)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            width = max(len(requests[i][0]) - 1 for i in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, index in enumerate(batch):
+                inputs = requests[index][0][:-1]
+                input_ids[row, :len(inputs)] = torch.tensor(inputs, dtype=torch.long)
+                attention_mask[row, :len(inputs)] = 1
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            for row, index in enumerate(batch):
+                whole, n_cont = requests[index]
+                length = len(whole) - 1
+                # position t predicts token t + 1: the continuation is whole[-n_cont:]
+                rows = logits[row, length - n_cont:length].float().log_softmax(-1)
+                targets = torch.tensor(whole[-n_cont:], dtype=torch.long, device=rows.device)
+                results[index] = float(rows.gather(-1, targets[:, None]).sum().item())
+    return results
+
+
+
 class HfEngine:
     """transformers generate() on the checkpoint (base + PEFT adapter), in batches."""
 
@@ -87,9 +123,31 @@ class HfEngine:
         self.batch_size = batch_size
 
     def generate(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                 stop_after_answer: bool = False, desc: str = "generating") -> GenerationResult:
-        return generate(self.model, self.tokenizer, prompts, max_new_tokens, self.batch_size, temperature, top_p,
-                        desc, stop_after_answer)
+                 stop_after_answer: bool = False, desc: str = "generating",
+                 samples_per_prompt: int = 1) -> GenerationResult:
+        """Completions of every prompt, samples_per_prompt of each, grouped by prompt."""
+        return generate(self.model, self.tokenizer, [p for p in prompts for _ in range(samples_per_prompt)],
+                        max_new_tokens, self.batch_size, temperature, top_p, desc, stop_after_answer)
+
+    def generate_groups(self, groups: list[tuple[list[str], int, bool]], temperature: float = 0.0, top_p: float = 1.0,
+                        desc: str = "generating") -> list[GenerationResult]:
+        """Several (prompts, max_new_tokens, stop_after_answer) groups; see VllmEngine.generate_groups."""
+        results = [self.generate(prompts, max_new_tokens, temperature, top_p, stop, f"{desc} [{i}]")
+                   for i, (prompts, max_new_tokens, stop) in enumerate(groups)]
+        seconds = sum(r.seconds for r in results)
+        return [GenerationResult(r.completions, r.completion_tokens, seconds) for r in results]
+
+    def continuation_logprobs(self, requests: list[tuple[list[int], int]], batch_size: int = 16,
+                              bf16: bool = False) -> list[float]:
+        """Summed log-probability of the last n tokens of each (tokens, n) request given the
+        tokens before it (multiple-choice scoring, posttrain/benchmarks.py), batch_size rows
+        at a time; bf16: autocast on CPU."""
+        import torch
+
+        limit = self.model.config.max_position_embeddings + 1
+        requests = [(tokens[-limit:], min(n, len(tokens[-limit:]) - 1)) for tokens, n in requests]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and not torch.cuda.is_available()):
+            return model_logprobs(self.model, self.tokenizer.pad_token_id or 0, requests, batch_size)
 
     def close(self) -> None:
         del self.model
@@ -132,26 +190,69 @@ class VllmEngine:
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                 stop_after_answer: bool = False, desc: str = "generating") -> GenerationResult:
+                 stop_after_answer: bool = False, desc: str = "generating",
+                 samples_per_prompt: int = 1) -> GenerationResult:
+        """Completions of every prompt, samples_per_prompt of each, grouped by prompt."""
+        return self.generate_groups([(prompts, max_new_tokens, stop_after_answer)], temperature, top_p, desc,
+                                    samples_per_prompt)[0]
+
+    def generate_groups(self, groups: list[tuple[list[str], int, bool]], temperature: float = 0.0, top_p: float = 1.0,
+                        desc: str = "generating", samples_per_prompt: int = 1) -> list[GenerationResult]:
+        """One result per (prompts, max_new_tokens, stop_after_answer) group, all decoded in
+        one call: continuous batching keeps every slot busy across the groups, where separate
+        calls would each end on a few long rows. Each result's `seconds` is the whole call's.
+        Several samples of a prompt are one request (vLLM's `n`): its prompt is computed once."""
         from vllm import SamplingParams
 
-        requests = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
-        sampling = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature,
-                                   top_p=top_p if temperature > 0 else 1.0, skip_special_tokens=True)
-                    for _ in prompts]
+        # vLLM takes n > 1 only when sampling; greedy samples of a prompt are all the same one.
+        n, copies = (samples_per_prompt, 1) if temperature > 0 else (1, samples_per_prompt)
+        requests, sampling, stops = [], [], []
+        for prompts, max_new_tokens, stop_after_answer in groups:
+            requests += [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]}
+                         for p in prompts]
+            sampling += [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature,
+                                        top_p=top_p if temperature > 0 else 1.0, skip_special_tokens=True)
+                         for _ in prompts]
+            stops += [stop_after_answer] * len(prompts)
         start = time.perf_counter()
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)
         seconds = time.perf_counter() - start
         completions, lengths = [], []
-        for output in outputs:
-            token_ids = list(output.outputs[0].token_ids)  # the end-of-turn token included, as hf counts
-            cut = answer_line_cut(self.tokenizer, token_ids) if stop_after_answer else None
-            if cut is not None:
-                token_ids = token_ids[:cut]
-            completions.append(self.tokenizer.decode(token_ids, skip_special_tokens=True).strip())
-            lengths.append(len(token_ids))
-        print(f"{desc}: {len(prompts)} prompts, {sum(lengths)} tokens in {seconds:.1f} s (vllm)", flush=True)
-        return GenerationResult(completions, lengths, seconds)
+        for output, stop_after_answer in zip(outputs, stops, strict=True):
+            for sample in output.outputs:
+                token_ids = list(sample.token_ids)  # the end-of-turn token included, as hf counts
+                cut = answer_line_cut(self.tokenizer, token_ids) if stop_after_answer else None
+                if cut is not None:
+                    token_ids = token_ids[:cut]
+                completions += [self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()] * copies
+                lengths += [len(token_ids)] * copies
+        print(f"{desc}: {len(requests)} prompts x {samples_per_prompt}, {sum(lengths)} tokens in {seconds:.1f} s "
+              "(vllm)", flush=True)
+        results, first = [], 0
+        for prompts, _, _ in groups:
+            last = first + len(prompts) * samples_per_prompt
+            results.append(GenerationResult(completions[first:last], lengths[first:last], seconds))
+            first = last
+        return results
+
+    def continuation_logprobs(self, requests: list[tuple[list[int], int]], batch_size: int = 16,
+                              bf16: bool = False) -> list[float]:
+        """Summed log-probability of the last n tokens of each (tokens, n) request given the
+        tokens before it, from vLLM's prompt log-probabilities (raw logits, at the engine's
+        dtype; batch_size and bf16 are the hf engine's). vLLM batches the requests itself."""
+        from vllm import SamplingParams
+
+        limit = self.llm.llm_engine.model_config.max_model_len - 1  # one slot for the token vLLM must sample
+        cut = [(tokens[-limit:], min(n, len(tokens[-limit:]) - 1)) for tokens, n in requests]
+        outputs = self.llm.generate([{"prompt_token_ids": tokens} for tokens, _ in cut],
+                                    SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False)
+        totals = []
+        for (tokens, n), output in zip(cut, outputs, strict=True):
+            # prompt_logprobs[t]: {token id: Logprob} for position t (None at t = 0), the prompt's own token included
+            positions = output.prompt_logprobs[len(tokens) - n:]
+            totals.append(sum(entry[token].logprob for entry, token in zip(positions, tokens[len(tokens) - n:],
+                                                                            strict=True)))
+        return totals
 
     def close(self) -> None:
         import torch

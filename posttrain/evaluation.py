@@ -98,18 +98,33 @@ def scorecard(rows: dict[str, dict[str, float]]) -> dict[str, dict]:
     return card
 
 
-def score_texts(reward_model, tokenizer, conversations: list[list[dict]], batch_size: int = 16) -> list[float]:
-    """The reward model's scalar score for each full conversation (prompt and answer)."""
+def score_texts(reward_model, tokenizer, conversations: list[list[dict]], batch_size: int = 16,
+                bf16: bool = True) -> list[float]:
+    """The reward model's scalar score for each full conversation (prompt and answer).
+
+    Batches are formed longest first (little padding computed) and right-padded with the
+    tokenizer's pad token, as the reward model was trained; the tokenizer is not changed.
+    bf16: autocast on CPU (avx512_bf16: about 2x faster than fp32 here)."""
     import torch
 
-    tokenizer.padding_side = "right"
-    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
-    scores: list[float] = []
-    with torch.inference_mode():
-        for first in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[first : first + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False)
-            scores += reward_model(**batch).logits[:, 0].float().tolist()
+    token_ids = [tokenizer(tokenizer.apply_chat_template(c, tokenize=False), add_special_tokens=False)["input_ids"]
+                 for c in conversations]
+    order = sorted(range(len(token_ids)), key=lambda i: (-len(token_ids[i]), i))
+    device = next(reward_model.parameters()).device
+    scores = [0.0] * len(token_ids)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                enabled=bf16 and device.type == "cpu"):
+        for first in range(0, len(order), batch_size):
+            batch = order[first : first + batch_size]
+            width = max(len(token_ids[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                input_ids[row, : len(token_ids[i])] = torch.tensor(token_ids[i])
+                attention_mask[row, : len(token_ids[i])] = 1
+            logits = reward_model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            for row, i in enumerate(batch):
+                scores[i] = float(logits[row, 0].float())
     return scores
 
 

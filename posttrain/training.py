@@ -69,6 +69,29 @@ def load_base_for_training(base_dir: str | Path, quantization: str):
     return model
 
 
+def score_only_labelled_positions_on_cpu() -> None:
+    """Make TRL's fused LM head project only the positions that carry a label, on CPU too.
+
+    TRL's SFT, DPO, GRPO and RLOO trainers compute log-probs through a fused, chunked LM
+    head (trl.trainer.utils.add_fused_lm_head). On Triton devices it projects only the
+    positions whose label is not -100; elsewhere every position, so that XLA devices see
+    one tile shape (no recompilation). On CPU that runs the 49k-word head over every prompt
+    and padding token: on SmolLM2-135M, prompts are most of each sequence and the head
+    about a fifth of a token's compute. Eager CPU compiles nothing, so it takes the compact
+    path here too (same log-probs: tests/test_training_speed.py). Idempotent."""
+    import trl.trainer.utils as trl_utils
+    from trl.kernels.chunked_logprob import _use_triton
+
+    if getattr(trl_utils._use_triton, "posttrain_compact_on_cpu", False):
+        return
+
+    def compact_positions(device) -> bool:
+        return device.type == "cpu" or _use_triton(device)
+
+    compact_positions.posttrain_compact_on_cpu = True
+    trl_utils._use_triton = compact_positions
+
+
 def checkpoints_for(stage: str, params: Params, sections: list[str], examples: list,
                     inputs: list[str | Path]) -> Checkpoints:
     """Where `stage` keeps resumable checkpoints, keyed by the params sections it reads,
@@ -85,6 +108,7 @@ def trainer_arguments_basic(params: Params, checkpoints: Checkpoints, learning_r
     the stage saves the final adapter itself, atomically, into its DVC output."""
     import torch
 
+    score_only_labelled_positions_on_cpu()  # every TRL trainer of ours is built from these arguments
     on_gpu = torch.cuda.is_available()
     return dict(
         **checkpoints.trainer_arguments(),

@@ -39,7 +39,7 @@ with tracking.stage_run("best_of_n", params, ["seed", "prompt", "best_of_n", "ge
     prompts = render_prompts(tokenizer, conversations)
     s = cfg.sampling
     with open_engine(params.generation, cfg.policy, params.seed, s.batch_size) as engine:
-        out = engine.generate([p for p in prompts for _ in range(cfg.n)], s.max_new_tokens, s.temperature, s.top_p,
+        out = engine.generate(prompts, s.max_new_tokens, s.temperature, s.top_p, samples_per_prompt=cfg.n,
                               stop_after_answer=True, desc=f"best-of-{cfg.n}")
     samples = [out.completions[i * cfg.n : (i + 1) * cfg.n] for i in range(len(problems))]
 

@@ -12,9 +12,10 @@ task switchable in params:
 - general capability (evaluate.general): multiple-choice benchmarks scored by
   log-likelihood (posttrain/benchmarks.py), the forgetting that post-training costs.
 Every rate carries its n and 95% Wilson interval (<rate>_ci95_low/high). The first three
-generate with the engine (generation.*); the benchmarks score with transformers after
-the engine is closed. Writes metrics/eval/<checkpoint>.json and every graded item to
-data/eval/<checkpoint>.jsonl, which stage compare pairs across checkpoints.
+generate with the engine (generation.*); the benchmarks are scored by the same engine
+(vLLM's prompt log-probabilities, or the hf engine's transformers model). Writes
+metrics/eval/<checkpoint>.json and every graded item to data/eval/<checkpoint>.jsonl,
+which stage compare pairs across checkpoints.
 """
 
 import argparse
@@ -33,7 +34,7 @@ from posttrain import runtime, tracking  # noqa: E402
 from posttrain.evaluation import score_gsm, score_safety  # noqa: E402
 from posttrain.generation import chat_messages, gsm_messages, render_prompts  # noqa: E402
 from posttrain.io import GSM_RECORD, SAFETY_PROMPT, read_jsonl, write_json, write_jsonl  # noqa: E402
-from posttrain.models import checkpoint_dirs, load_causal_lm, load_tokenizer  # noqa: E402
+from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.stats import rate_summary  # noqa: E402
 
 DATA_DIR = "data/prepared"
@@ -54,7 +55,7 @@ def with_intervals(metrics: dict, flags: dict[str, list[bool]]) -> dict:
 threads = runtime.setup(params.runtime, params.seed)
 with tracking.stage_run(f"evaluate@{args.checkpoint}", params, ["seed", "prompt", "evaluate", "generation"]):
     # Every input is read before the engine starts: a missing or damaged one fails in seconds.
-    base_dir, adapter_dir = checkpoint_dirs(args.checkpoint)
+    base_dir, _ = checkpoint_dirs(args.checkpoint)  # fails in one line when the checkpoint is missing
     problems = read_jsonl(f"{DATA_DIR}/test.jsonl", GSM_RECORD)[: cfg.gsm_limit]
     safety_prompts = read_jsonl(f"{DATA_DIR}/safety_test.jsonl", SAFETY_PROMPT)[: cfg.safety_limit]
     follow = cfg.instructions
@@ -71,31 +72,31 @@ with tracking.stage_run(f"evaluate@{args.checkpoint}", params, ["seed", "prompt"
     tokenizer = load_tokenizer(base_dir)
     rows, metrics = [], {"checkpoint": args.checkpoint}
     with open_engine(params.generation, args.checkpoint, params.seed, cfg.batch_size) as engine:
+        # Every generating task in one engine call (continuous batching across them).
+        groups = [(render_prompts(tokenizer, [gsm_messages(p["question"], params.prompt) for p in problems]),
+                   cfg.max_new_tokens, True),
+                  (render_prompts(tokenizer, [chat_messages(p["prompt"], params.prompt) for p in safety_prompts]),
+                   cfg.safety_max_new_tokens, False)]
+        if follow.prompts:
+            groups.append((render_prompts(tokenizer, [chat_messages(r["prompt"], params.prompt) for r in records]),
+                           follow.max_new_tokens, False))
+        outputs = engine.generate_groups(groups, cfg.temperature, cfg.top_p, f"evaluate {args.checkpoint}")
+        gsm_out, safety_out = outputs[0], outputs[1]
 
-        def complete(conversations, max_new_tokens, desc, stop_after_answer=False):
-            return engine.generate(render_prompts(tokenizer, conversations), max_new_tokens, cfg.temperature,
-                                   cfg.top_p, stop_after_answer, desc)
-
-        gsm_out = complete([gsm_messages(p["question"], params.prompt) for p in problems], cfg.max_new_tokens,
-                           f"gsm {args.checkpoint}", stop_after_answer=True)
         gsm_metrics, gsm_rows = score_gsm(problems, gsm_out.completions, gsm_out.completion_tokens)
         metrics["gsm"] = with_intervals(gsm_metrics, {
             "strict_accuracy": [r["strict_correct"] for r in gsm_rows],
             "flexible_accuracy": [r["flexible_correct"] for r in gsm_rows]})
         rows += [{"task": "gsm", **r} for r in gsm_rows]
 
-        safety_out = complete([chat_messages(p["prompt"], params.prompt) for p in safety_prompts],
-                              cfg.safety_max_new_tokens, f"safety {args.checkpoint}")
         safety_metrics, safety_rows = score_safety(safety_prompts, safety_out.completions)
         metrics["safety"] = with_intervals(safety_metrics, {
             "refusal_rate": [r["verdict"] == "refusal" for r in safety_rows if r["kind"] == "harmful"],
             "over_refusal_rate": [r["verdict"] != "compliance" for r in safety_rows if r["kind"] == "benign"]})
         rows += [{"task": "safety", **r} for r in safety_rows]
-        outputs = [gsm_out, safety_out]
 
         if follow.prompts:
-            follow_out = complete([chat_messages(r["prompt"], params.prompt) for r in records],
-                                  follow.max_new_tokens, f"instructions {args.checkpoint}")
+            follow_out = outputs[2]
             scored = score(records, follow_out.completions)
             items = scored.pop("items")
             metrics["instructions"] = with_intervals(
@@ -106,33 +107,27 @@ with tracking.stage_run(f"evaluate@{args.checkpoint}", params, ["seed", "prompt"
                 key: round(value["strict_acc"], 4) for key, value in scored["per_instruction"].items()}
             rows += [{"task": "instructions", **item, "prompt": record["prompt"], "completion": completion}
                      for item, record, completion in zip(items, records, follow_out.completions, strict=True)]
-            outputs.append(follow_out)
 
-    seconds = sum(o.seconds for o in outputs)
+        if general.tasks:  # multiple choice, scored by log-likelihood on the same engine
+            import time
+
+            started, metrics["general"] = time.perf_counter(), {}
+            for task, items in benchmark_items.items():
+                result = score_task(None, tokenizer, items, scorer=lambda requests: engine.continuation_logprobs(
+                    requests, general.batch_size, general.bf16))
+                metrics["general"][task] = with_intervals(
+                    {"accuracy": round(result["acc"], 4), "accuracy_norm": round(result["acc_norm"], 4)},
+                    {"accuracy": [r["correct"] for r in result["rows"]],
+                     "accuracy_norm": [r["correct_norm"] for r in result["rows"]]})
+                rows += [{"task": f"general:{task}", **{k: v for k, v in r.items() if k != "logprobs"}}
+                         for r in result["rows"]]
+            metrics["general"]["seconds"] = round(time.perf_counter() - started, 1)
+
+    seconds = outputs[0].seconds  # one call for every task
     tokens = sum(sum(o.completion_tokens) for o in outputs)
     metrics["generation"] = {"engine": engine.name, "tokens_per_second": round(tokens / seconds, 1),
                              "seconds": round(seconds, 1), "startup_seconds": engine.startup_seconds,
                              "threads": threads}
-
-    if general.tasks:  # log-likelihoods need the model itself, not the engine's samples
-        import time
-
-        import torch
-
-        model = load_causal_lm(base_dir, adapter_dir)
-        scoring_tokenizer = load_tokenizer(base_dir, padding_side="right")  # continuations are scored right-padded
-        started, metrics["general"] = time.perf_counter(), {}
-        for task, items in benchmark_items.items():
-            # bf16 autocast: 1.7x faster here, the same 100 of 100 ARC-Easy predictions as fp32
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=general.bf16 and not torch.cuda.is_available()):
-                result = score_task(model, scoring_tokenizer, items, general.batch_size)
-            metrics["general"][task] = with_intervals(
-                {"accuracy": round(result["acc"], 4), "accuracy_norm": round(result["acc_norm"], 4)},
-                {"accuracy": [r["correct"] for r in result["rows"]],
-                 "accuracy_norm": [r["correct_norm"] for r in result["rows"]]})
-            rows += [{"task": f"general:{task}", **{k: v for k, v in r.items() if k != "logprobs"}}
-                     for r in result["rows"]]
-        metrics["general"]["seconds"] = round(time.perf_counter() - started, 1)
 
     write_json(METRICS_FILE, metrics)
     write_jsonl(COMPLETIONS_FILE, rows)

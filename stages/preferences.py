@@ -40,7 +40,7 @@ with tracking.stage_run("preferences", params, ["seed", "prompt", "preferences",
     prompts = render_prompts(tokenizer, [gsm_messages(r["question"], params.prompt) for r in records])
     s = cfg.sampling
     with open_engine(params.generation, POLICY, params.seed, s.batch_size) as engine:
-        out = engine.generate([p for p in prompts for _ in range(k)], s.max_new_tokens, s.temperature, s.top_p,
+        out = engine.generate(prompts, s.max_new_tokens, s.temperature, s.top_p, samples_per_prompt=k,
                               stop_after_answer=True, desc="sampling")
     groups = [out.completions[i * k : (i + 1) * k] for i in range(len(records))]
 

@@ -68,7 +68,6 @@ with tracking.stage_run("rl", params, SECTIONS):
 
         def score_with_reward_model(conversations):
             scores = score_texts(reward_model, tokenizer, conversations)
-            tokenizer.padding_side = "left"  # score_texts pads right; generation pads left
             return scores
 
     started = time.perf_counter()

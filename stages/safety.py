@@ -65,8 +65,8 @@ with tracking.stage_run("safety", params, SECTIONS):
 
             def sample(messages: list, k: int, max_new_tokens: int, desc: str, **kwargs):
                 """k sampled completions per conversation, grouped per conversation."""
-                out = engine.generate([p for p in render_prompts(tokenizer, messages) for _ in range(k)],
-                                      max_new_tokens, s.temperature, s.top_p, desc=desc, **kwargs)
+                out = engine.generate(render_prompts(tokenizer, messages), max_new_tokens, s.temperature, s.top_p,
+                                      desc=desc, samples_per_prompt=k, **kwargs)
                 return [out.completions[i * k : (i + 1) * k] for i in range(len(messages))], out.seconds
 
             # 1. What the start policy does with the safety training prompts today.
@@ -75,6 +75,9 @@ with tracking.stage_run("safety", params, SECTIONS):
                                                cfg.samples_per_prompt, s.max_new_tokens, f"sampling {cfg.start}")
             verdicts = [[classify_refusal(c) for c in group] for group in samples]
             pairs, already = safety_pairs(rows, samples, verdicts, params.seed)
+            if cfg.max_pairs is not None:  # a seeded subset, leaving room for the replay share of max_pairs
+                random.Random(params.seed).shuffle(pairs)
+                pairs = pairs[: max(1, round(cfg.max_pairs * (1 - cfg.replay.fraction)))]
 
             # 2. GSM pairs to replay, making up replay.fraction of the mix.
             r = cfg.replay
@@ -99,7 +102,7 @@ with tracking.stage_run("safety", params, SECTIONS):
             replay_metrics = {"source": r.source, **replay_metrics,
                               "pairs_by_kind": dict(Counter(p["replay_kind"] for p in replay))}
 
-        # 3. Safety and replay pairs, shuffled together.
+        # 3. Safety and replay pairs, shuffled together (max_pairs: only rounding can exceed it).
         mix = pairs + replay
         random.Random(params.seed).shuffle(mix)
         mix = mix[: cfg.max_pairs]

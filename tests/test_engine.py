@@ -70,6 +70,28 @@ def test_vllm_fp32_greedy_equals_hf_greedy(talkative_models, checkpoint):
 
 
 @needs_vllm
+@pytest.mark.parametrize("checkpoint", ["base", "sft"])
+def test_vllm_fp32_continuation_logprobs_equal_the_transformers_model(talkative_models, checkpoint):
+    """Multiple-choice scoring (evaluate.general) on either engine gives the log-likelihoods
+    of benchmarks.continuation_logprobs, whose hand-computed check is in test_benchmarks.py."""
+    from transformers import AutoTokenizer
+
+    from posttrain.benchmarks import continuation_logprobs, continuation_requests
+    from posttrain.models import checkpoint_dirs, load_causal_lm
+
+    tokenizer = AutoTokenizer.from_pretrained(talkative_models / "base")
+    pairs = [(f"Ann has {i} apples and buys {i + 2} more. She has", f" {2 * i + 2 - i % 3} apples.") for i in range(9)]
+    pairs += [("", "Question: what is two plus two?"), ("The cat ", "sat on the mat.")]
+    requests = continuation_requests(tokenizer, pairs)
+    expected = continuation_logprobs(load_causal_lm(*checkpoint_dirs(checkpoint, talkative_models)), tokenizer, pairs)
+    for cfg in (HF, VLLM_FP32):
+        with open_engine(cfg, checkpoint, seed=7, batch_size=4, models_dir=talkative_models) as engine:
+            got = engine.continuation_logprobs(requests, batch_size=4)
+        assert got == pytest.approx([lp for lp, _ in expected], abs=2e-3), cfg.engine
+    assert len({round(lp, 3) for lp, _ in expected}) > 5, "distinct scores: the comparison is not vacuous"
+
+
+@needs_vllm
 def test_vllm_sampling_is_seeded(talkative_models):
     prompts = prompts_for(talkative_models, 40)  # enough tokens that prefill is split across steps
     repeated = [p for p in prompts for _ in range(3)]
@@ -78,6 +100,30 @@ def test_vllm_sampling_is_seeded(talkative_models):
     assert first.completions == again.completions  # same seed, same samples
     for i in range(0, len(repeated), 3):  # copies of one prompt are sampled independently
         assert len(set(first.completions[i : i + 3])) > 1
+
+
+@needs_vllm
+@pytest.mark.parametrize("cfg", [HF, VLLM_FP32], ids=["hf", "vllm"])
+def test_several_samples_per_prompt_come_grouped_by_prompt(talkative_models, cfg):
+    prompts = prompts_for(talkative_models, 4)
+    single = run(cfg, talkative_models, "base", prompts, max_new_tokens=12)
+    greedy = run(cfg, talkative_models, "base", prompts, max_new_tokens=12, samples_per_prompt=2)
+    assert greedy.completions == [c for c in single.completions for _ in range(2)]  # prompt-major layout
+    sampled = run(cfg, talkative_models, "base", prompts, max_new_tokens=12, temperature=1.0, samples_per_prompt=3)
+    assert len(sampled.completions) == len(sampled.completion_tokens) == 12
+    assert all(len(set(sampled.completions[i * 3 : (i + 1) * 3])) > 1 for i in range(4))
+
+
+@needs_vllm
+@pytest.mark.parametrize("cfg", [HF, VLLM_FP32], ids=["hf", "vllm"])
+def test_groups_decoded_together_equal_separate_calls(talkative_models, cfg):
+    prompts = prompts_for(talkative_models, 6)
+    with open_engine(cfg, "sft", seed=7, batch_size=5, models_dir=talkative_models) as engine:
+        together = engine.generate_groups([(prompts[:4], 10, False), (prompts[4:], 6, False)])
+        apart = [engine.generate(prompts[:4], 10), engine.generate(prompts[4:], 6)]
+    assert [r.completions for r in together] == [r.completions for r in apart]
+    assert [r.completion_tokens for r in together] == [r.completion_tokens for r in apart]
+    assert max(together[1].completion_tokens) <= 6 < max(together[0].completion_tokens)
 
 
 @needs_vllm

@@ -17,6 +17,7 @@ import yaml
 from conftest import copy_with_crafted_pairs, stage_command, stage_env, write_params
 
 SAFETY_BUILTIN = Path(__file__).resolve().parent.parent / "posttrain/resources/safety_prompts.jsonl"
+APPENDED_LINE = len(SAFETY_BUILTIN.read_bytes().splitlines()) + 1  # a bad row added after the builtin set
 GSM_LINE = {"question": "Tom has 2 apples and buys 3 more. How many?", "answer": "2 + 3 = 5\n#### 5"}
 
 
@@ -110,11 +111,11 @@ CASES = {
     "missing safety file": Case("prepare", "prepare: data.safety.source: no/such/safety.jsonl is not a file (or use "
                                            "'builtin')", {"data": {"safety": {"source": "no/such/safety.jsonl"}}}),
     "safety file not utf-8": Case(
-        "prepare", "prepare: s.jsonl:181: not UTF-8 (byte 0xe9 at column 12); save the file as UTF-8",
+        "prepare", f"prepare: s.jsonl:{APPENDED_LINE}: not UTF-8 (byte 0xe9 at column 12); save the file as UTF-8",
         {"data": {"safety": {"source": "s.jsonl"}}},
         write("s.jsonl", SAFETY_BUILTIN.read_bytes() + b'{"id": "caf\xe9"}\n')),
     "safety row missing a field": Case(
-        "prepare", "prepare: s.jsonl:181: missing or empty field(s) category, kind, prompt, response",
+        "prepare", f"prepare: s.jsonl:{APPENDED_LINE}: missing or empty field(s) category, kind, prompt, response",
         {"data": {"safety": {"source": "s.jsonl"}}}, write("s.jsonl", SAFETY_BUILTIN.read_bytes() + b'{"id": "x"}\n')),
     "safety file of one kind": Case(
         "prepare", "prepare: s.jsonl: has no 'benign' prompts; both kinds are needed",

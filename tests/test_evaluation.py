@@ -86,3 +86,31 @@ def test_histogram_counts_every_score_once():
     # bins of width 1 over [-1, 2]: the maximum lands in the last bin, the minimum in the first
     assert [r["chosen"] for r in rows] == [0, 1, 3]
     assert [r["rejected"] for r in rows] == [1, 1, 0]
+
+
+def test_score_texts_batches_by_length_without_changing_the_scores_or_the_tokenizer():
+    """Reward-model scores do not depend on the batch a text lands in, and the tokenizer's
+    padding side is left as it was (generation needs it on the left)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from posttrain.evaluation import score_texts
+    from posttrain.models import train_tiny_tokenizer
+
+    tokenizer = train_tiny_tokenizer(300, ["how many apples are left", "ten apples", "the answer is 7"] * 20)
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                               "{% endfor %}")
+    tokenizer.padding_side = "left"
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, num_labels=1, pad_token_id=tokenizer.pad_token_id)).eval()
+    conversations = [[{"role": "user", "content": "how many apples " * (1 + i % 4)},
+                      {"role": "assistant", "content": "ten apples" + " left" * i}] for i in range(7)]
+    alone = [score_texts(model, tokenizer, [c], batch_size=1, bf16=False)[0] for c in conversations]
+    batched = score_texts(model, tokenizer, conversations, batch_size=3, bf16=False)
+    assert batched == pytest.approx(alone, abs=1e-5)
+    assert len({round(s, 4) for s in alone}) > 3  # distinct scores: the comparison is not vacuous
+    assert tokenizer.padding_side == "left"
+    in_bf16 = score_texts(model, tokenizer, conversations, batch_size=3, bf16=True)
+    assert in_bf16 == pytest.approx(alone, abs=5e-2)

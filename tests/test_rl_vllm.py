@@ -77,11 +77,14 @@ def test_colocated_vllm_follows_the_trained_weights(sft_workspace, tmp_path, mon
     questions = [f"Tom has {i + 2} pens and gets {i + 5} more. How many pens?" for i in range(4)]
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]} for q in questions])
 
-    def variety_reward(completion_ids, **_):  # differs between samples (their length does not): a gradient
-        return [len(set(ids)) / len(ids) for ids in completion_ids]
+    def variety_reward(completion_ids, **_):
+        # The mean token id: a continuous score that differs between any two different samples, so
+        # every group has a non-zero advantage and a gradient (a count of distinct tokens is the
+        # same 1.0 for every sample of a near-uniform tiny model, and GRPO would learn nothing).
+        return [sum(ids) / len(ids) / 1000 for ids in completion_ids]
 
     colocate_vllm_on_cpu(GenerationParams(dtype="float32", kv_cache_gib=1))
-    config = GRPOConfig(output_dir=str(tmp_path / "out"), max_steps=3, learning_rate=5e-2, use_cpu=True,
+    config = GRPOConfig(output_dir=str(tmp_path / "out"), max_steps=3, learning_rate=1e-2, use_cpu=True,
                         per_device_train_batch_size=4, num_generations=2, max_completion_length=12,
                         temperature=1.0, beta=0.0, report_to=[], logging_steps=1, save_strategy="no",
                         **vllm_arguments(RlParams(vllm=True)))

@@ -129,7 +129,8 @@ def safety_run(root, replay: dict, **safety):
 
 def test_safety_stage_trains_from_its_start_checkpoint_on_the_tiny_model(sft_workspace, tmp_path):
     root = copy_with_crafted_pairs(sft_workspace, tmp_path / "ws", n_train=12)
-    metrics, mix = safety_run(root, {"fraction": 0.25, "source": "on_policy", "max_new_tokens": 8}, interpolation=1.0)
+    metrics, mix = safety_run(root, {"fraction": 0.25, "source": "on_policy", "max_new_tokens": 8}, interpolation=1.0,
+                              max_pairs=None)  # every pair the prompts give
     prompts = read_jsonl(root / "data/prepared/safety_train.jsonl")
     n_harmful = sum(p["kind"] == "harmful" for p in prompts)
     n_benign = len(prompts) - n_harmful
@@ -217,3 +218,11 @@ def test_safety_stage_without_a_start_adapter_fails_naming_it(tiny_workspace, tm
     result = run_stage(root, "safety", check=False, overrides={"safety": {"start": "rl"}})
     assert result.returncode != 0
     assert "models/rl" in result.stderr and not (root / "models/safety").exists()
+
+
+def test_max_pairs_keeps_the_replay_share_and_samples_only_the_replay_it_uses(sft_workspace, tmp_path):
+    root = copy_with_crafted_pairs(sft_workspace, tmp_path / "ws", n_train=12)
+    metrics, mix = safety_run(root, {"fraction": 0.25, "source": "on_policy", "max_new_tokens": 8}, max_pairs=8)
+    assert metrics["pairs"] == len(mix) == 8
+    # 6 safety pairs and 2 GSM pairs; only the 2 GSM prompts they need were sampled
+    assert metrics["pairs_by_source"][GSM_REPLAY] == 2 == metrics["replay"]["prompts"]
