@@ -63,6 +63,5 @@ for name, make in (("matmul 1024^3", matmul), ("MLP fwd+bwd 2560x576", mlp_step)
     fp32, bf16 = timed(make(False), args.repeats), timed(make(True), args.repeats)
     extra = f"   ({2 * 1024**3 / fp32 / 1e9:.1f} vs {2 * 1024**3 / bf16 / 1e9:.1f} GFLOP/s)" if "matmul" in name else ""
     print(f"{name:<28} {fp32:>9.4f} {bf16:>9.4f} {bf16 / fp32:>11.2f}x{extra}")
-print("bf16 is " + ("native here: keep the bf16 defaults." if native else
-                    "emulated here: set every <stage>.bf16 and evaluate.general.bf16 to false and "
-                    "generation.dtype to float32 (see README, 'CPUs without native bf16')."))
+print("bf16 is " + ("native here: the bf16 defaults apply." if native else
+                    "emulated here: the stages compute in float32 instead (posttrain/runtime.py:use_bf16)."))

@@ -83,6 +83,12 @@ class SyntheticParams(_Section):
     max_steps: int = Field(2, gt=0)
     operations: list[Operation] = Field(default_factory=lambda: ["add", "sub", "mul", "div"], min_length=1)
     max_number: int = Field(20, ge=2)
+    held_out_fraction: float = Field(0.25, ge=0, lt=1)
+    held_out_test_share: float = Field(0.5, ge=0, le=1)
+
+    def held_out_test_problems(self, test_size: int) -> int:
+        """Test problems written with the held-out phrasings (the rest use seen ones)."""
+        return round(test_size * self.held_out_test_share) if self.held_out_fraction > 0 else 0
 
     @model_validator(mode="after")
     def _step_range(self) -> SyntheticParams:
@@ -100,6 +106,8 @@ class SplitParams(_Section):
 class SafetyDataParams(_Section):
     source: str = "builtin"
     test_fraction: float = Field(0.4, gt=0, lt=1)
+    held_out_subtypes: list[str] = Field(
+        default_factory=lambda: ["roleplay_or_fiction_wrapper", "figurative", "nonsense_group"])
 
 
 class DataParams(_Section):
@@ -114,10 +122,14 @@ class DataParams(_Section):
         # Only the generator's size is known before reading data; for files the
         # prepare stage checks the same rule against the records it actually parsed.
         if self.source == "synthetic":
-            wanted = self.split.sft + self.split.rl + self.split.test
-            if wanted > self.synthetic.num_problems:
+            # num_problems counts seen-template problems; the held-out-template share of
+            # the test split is generated on top of them.
+            held_out = self.synthetic.held_out_test_problems(self.split.test)
+            total = self.split.sft + self.split.rl + self.split.test
+            if total - held_out > self.synthetic.num_problems:
                 raise ValueError(
-                    f"split sizes sft+rl+test = {wanted} exceed synthetic.num_problems = "
+                    f"split sizes sft+rl+test = {total} need {total - held_out} seen-phrasing problems (the "
+                    f"{held_out} held-out-phrasing test problems come on top), more than synthetic.num_problems = "
                     f"{self.synthetic.num_problems}"
                 )
         return self
@@ -280,6 +292,10 @@ class RlParams(_Section):
     algorithm: Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_ema"] = "grpo"
     start: Literal["sft", "dpo"] = "sft"
     num_prompts: int = Field(64, gt=0, description="first N prompts of the rl split")
+    held_out_prompts: int = Field(48, ge=0, description="last N prompts of the rl split, never trained on: "
+                                  "accuracy on them is logged every eval_every_steps (0 = off; TRL algorithms "
+                                  "only, reinforce_ema has no monitor)")
+    eval_every_steps: int = Field(5, gt=0, description="held-out accuracy every N steps (and before step 1)")
     steps: int = Field(10, gt=0)
     prompts_per_step: int = Field(4, gt=0)
     num_generations: int = Field(4, ge=1, description="completions per prompt (the group)")

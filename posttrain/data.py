@@ -6,6 +6,8 @@ Normalised records, as written to data/prepared/*.jsonl:
 
     {"id": "train-17", "question": "...", "reasoning": "...", "answer": "72",
      "solution": "<reasoning>\n#### 72"}
+
+plus "templates": "seen" | "held_out" on generated problems (posttrain/synthetic.py).
 """
 
 from __future__ import annotations
@@ -104,9 +106,15 @@ def iter_source(params: DataParams, seed: int) -> Iterator[RawRecord]:
         from posttrain.synthetic import generate_problems
 
         s = params.synthetic
-        problems = generate_problems(s.num_problems, seed, s.min_steps, s.max_steps, s.operations, s.max_number)
+        shape = (s.min_steps, s.max_steps, s.operations, s.max_number)
+        problems = generate_problems(s.num_problems, seed, *shape, "seen", s.held_out_fraction)
         for number, problem in enumerate(problems, start=1):
             yield RawRecord(origin="synthetic", line=number, split="train", obj=problem)
+        # Problems phrased only with held-out templates: test records, never trained on.
+        held_out = s.held_out_test_problems(params.split.test)
+        for number, problem in enumerate(generate_problems(held_out, seed, *shape, "held_out", s.held_out_fraction),
+                                         start=len(problems) + 1):
+            yield RawRecord(origin="synthetic", line=number, split="test", obj=problem)
     elif Path(source).expanduser().is_dir():
         directory = Path(source).expanduser()
         files = {split: directory / f"{split}.jsonl" for split in SPLITS}
@@ -151,13 +159,18 @@ def normalise(raw: RawRecord) -> dict | str:
         reference = parse_reference(obj["answer"])
     except AnswerFormatError as exc:
         return str(exc)
-    return {
+    record = {
         "id": f"{Path(raw.origin).stem}-{raw.line}",
         "question": question,
         "reasoning": reference.reasoning,
         "answer": reference.answer,
         "solution": reference.solution,
     }
+    # The generator tags which phrasings wrote the problem (seen in training or held out);
+    # evaluate reports accuracy per tag.
+    if isinstance(obj.get("templates"), str):
+        record["templates"] = obj["templates"]
+    return record
 
 
 @dataclass
@@ -203,7 +216,13 @@ def prepare_gsm(params: DataParams, seed: int) -> PreparedGSM:
     rng.shuffle(train)
     rng.shuffle(test_pool)
     split = params.split
-    if not test_pool:  # no separate test file: hold out the first part of train
+    if params.source == SYNTHETIC_SOURCE:
+        # The generator wrote only the held-out-template share of the test split; the
+        # rest is seen-template problems held out of train.
+        seen_share = split.test - len(test_pool)
+        test_pool, train = test_pool + train[:seen_share], train[seen_share:]
+        rng.shuffle(test_pool)
+    elif not test_pool:  # no separate test file: hold out the first part of train
         test_pool, train = train[: split.test], train[split.test :]
     if len(test_pool) < split.test:
         raise DataError(f"data.split.test: {split.test} wanted, the source has {len(test_pool)} test records")

@@ -32,6 +32,7 @@ from posttrain.config import PARAMS_FILE, GenerationParams
 from posttrain.errors import UserError
 from posttrain.generation import COMPLETE_ANSWER_LINE, GenerationResult, generate
 from posttrain.models import checkpoint_dirs, load_causal_lm, load_tokenizer
+from posttrain.runtime import generation_dtype, use_bf16
 
 
 class EngineUnavailable(UserError, RuntimeError):
@@ -83,7 +84,7 @@ def model_logprobs(model, pad_id: int, requests: list[tuple[list[int], int]], ba
     import torch
 
     if batch_size < 1:
-        raise ValueError(f"benchmarks: batch_size must be >= 1, got {batch_size}")
+        raise ValueError(f"model_logprobs: batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(requests)), key=lambda i: (-len(requests[i][0]), i))
     try:
         device = next(model.parameters()).device
@@ -146,7 +147,8 @@ class HfEngine:
 
         limit = self.model.config.max_position_embeddings + 1
         requests = [(tokens[-limit:], min(n, len(tokens[-limit:]) - 1)) for tokens, n in requests]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and not torch.cuda.is_available()):
+        with torch.autocast("cpu", dtype=torch.bfloat16,
+                            enabled=use_bf16(bf16, "general.bf16") and not torch.cuda.is_available()):
             return model_logprobs(self.model, self.tokenizer.pad_token_id or 0, requests, batch_size)
 
     def close(self) -> None:
@@ -184,7 +186,7 @@ class VllmEngine:
             merge_checkpoint(base_dir, adapter_dir, model_dir)
         from vllm import LLM
 
-        self.llm = LLM(model=str(model_dir), dtype=cfg.dtype, enforce_eager=True, seed=seed,
+        self.llm = LLM(model=str(model_dir), dtype=generation_dtype(cfg.dtype), enforce_eager=True, seed=seed,
                        max_num_seqs=cfg.max_num_seqs, disable_log_stats=True,
                        max_model_len=max_model_len(model_dir))
         self.tokenizer = self.llm.get_tokenizer()

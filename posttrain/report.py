@@ -150,6 +150,11 @@ def rl_section(metrics: dict) -> str:
     for key, label in RL_MONITORS.items():
         lines.append(f"| {label} | {monitors['first_step'][key]:.3g} | {monitors['last_step'][key]:.3g} | "
                      f"{delta(monitors['change'][key])} |")
+    held_out = metrics.get("held_out") or {}
+    if held_out.get("accuracy_by_step"):  # reward rising while this falls: reward hacking
+        by_step = ", ".join(f"step {step}: {rate(value)}" for step, value in held_out["accuracy_by_step"].items())
+        lines += ["", f"Held-out accuracy ({held_out['prompts']} rl prompts never trained on, one sample each at "
+                      f"the training temperature; drawn with the training curves): {by_step}."]
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from statistics import mean
 from posttrain.config import PARAMS_FILE, GenerationParams, RlParams
 from posttrain.gsm import grade
 from posttrain.rewards import RewardWeights, reward_parts
+from posttrain.runtime import generation_dtype
 
 
 class CompletionLog:
@@ -38,14 +39,17 @@ def _text(completion) -> str:
 
 
 def trl_reward_functions(weights: RewardWeights, log: CompletionLog, max_completion_length: int,
-                         reward_model_scorer=None):
+                         reward_model_scorer=None, training=lambda: True):
     """Reward functions and their weights for TRL's GRPOTrainer / RLOOTrainer:
     sum(w_i * f_i) is exactly posttrain.rewards.total_reward, and TRL logs each part.
-    reward_model_scorer(conversations) -> scores is needed when weights.reward_model > 0."""
+    reward_model_scorer(conversations) -> scores is needed when weights.reward_model > 0.
+    training() tells a training batch from a held-out evaluation one (only the first
+    go into the completion log); TRL logs the second's parts as eval_rewards/<name>/mean."""
 
     def exact(completions, answer, trainer_state, **_):
         texts = [_text(c) for c in completions]
-        log.add(trainer_state.global_step, texts, list(answer))
+        if training():
+            log.add(trainer_state.global_step, texts, list(answer))
         return [reward_parts(t, a)["exact"] for t, a in zip(texts, answer)]
 
     def format(completions, answer, **_):  # noqa: A001 - the name TRL shows in its logs
@@ -123,8 +127,8 @@ def colocate_vllm_on_cpu(generation: GenerationParams) -> None:
     def start_engine(**arguments):
         cpu_environment(generation)
         threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
-        arguments.update(enforce_eager=True, dtype=generation.dtype, max_model_len=arguments.get("max_model_len")
-                         or max_model_len(arguments["model"]))
+        arguments.update(enforce_eager=True, dtype=generation_dtype(generation.dtype),
+                         max_model_len=arguments.get("max_model_len") or max_model_len(arguments["model"]))
         arguments.pop("gpu_memory_utilization", None)  # CPU: the KV cache size is VLLM_CPU_KVCACHE_SPACE
         try:
             return engine_class(**arguments)
@@ -172,7 +176,7 @@ class VllmSampler:
         cpu_environment(generation)
         threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
         try:
-            self.llm = LLM(model=str(base_dir), dtype=generation.dtype, enforce_eager=True, seed=seed,
+            self.llm = LLM(model=str(base_dir), dtype=generation_dtype(generation.dtype), enforce_eager=True, seed=seed,
                            max_num_seqs=max_num_seqs, disable_log_stats=True, max_model_len=max_model_len(base_dir),
                            gpu_memory_utilization=0.3)
         finally:  # vLLM's CPU worker pins torch's threads; training needs them back

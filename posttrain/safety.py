@@ -77,11 +77,25 @@ def load_safety_prompts(source: str) -> list[dict]:
     return read_safety_file(path)
 
 
-def split_safety(rows: list[dict], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Stratified by (kind, category), so every category appears in both splits."""
+def split_safety(rows: list[dict], test_fraction: float, seed: int,
+                 held_out_subtypes: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]:
+    """Stratified by (kind, category), so every category appears in both splits. Rows
+    whose `subtype` is in held_out_subtypes all go to test, marked held_out_subtype,
+    so the test shows whether refusal generalises to kinds of prompt never trained on.
+    A source whose rows carry no subtype at all holds nothing out (prepare reports it);
+    one that has subtypes must have every name asked for."""
+    known = {row.get("subtype") for row in rows} - {None}
+    unknown = [name for name in held_out_subtypes if name not in known]
+    if known and unknown:
+        raise SafetyDataError(f"data.safety.held_out_subtypes: {', '.join(unknown)} not among the prompts' "
+                              f"subtypes ({', '.join(sorted(str(k) for k in known if k))})")
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    held_out = []
     for row in rows:
-        groups[(row["kind"], row["category"])].append(row)
+        if row.get("subtype") in held_out_subtypes:
+            held_out.append(row | {"held_out_subtype": True})
+        else:
+            groups[(row["kind"], row["category"])].append(row)
     rng = random.Random(seed)
     train, test = [], []
     for key in sorted(groups):
@@ -90,7 +104,7 @@ def split_safety(rows: list[dict], test_fraction: float, seed: int) -> tuple[lis
         n_test = max(1, round(len(group) * test_fraction)) if len(group) > 1 else 0
         test += group[:n_test]
         train += group[n_test:]
-    return train, test
+    return train, test + sorted(held_out, key=lambda r: r["id"])
 
 
 # Sources of a safety preference pair (counted in metrics/safety.json).

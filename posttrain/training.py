@@ -18,6 +18,7 @@ from pathlib import Path
 from posttrain.config import LoraParams, Params, TrainParams
 from posttrain.io import atomic_dir, write_text_atomic
 from posttrain.resume import Checkpoints
+from posttrain.runtime import use_bf16
 
 
 def lora_config(lora: LoraParams, task_type: str = "CAUSAL_LM"):
@@ -78,7 +79,7 @@ def score_only_labelled_positions_on_cpu() -> None:
     one tile shape (no recompilation). On CPU that runs the 49k-word head over every prompt
     and padding token: on SmolLM2-135M, prompts are most of each sequence and the head
     about a fifth of a token's compute. Eager CPU compiles nothing, so it takes the compact
-    path here too (same log-probs: tests/test_training_speed.py). Idempotent."""
+    path here too (same log-probs: tests/test_training.py). Idempotent."""
     import trl.trainer.utils as trl_utils
     from trl.kernels.chunked_logprob import _use_triton
 
@@ -120,8 +121,9 @@ def trainer_arguments_basic(params: Params, checkpoints: Checkpoints, learning_r
         report_to=["mlflow"],  # logs into the stage's open MLflow run
         use_cpu=not on_gpu,
         # Autocast to bf16 (weights and optimiser stay fp32). On a CPU with avx512_bf16 a
-        # SmolLM2-135M LoRA step (16 x 160 tokens) took 11 s against 16-22 s in fp32.
-        bf16=bf16 and (torch.cuda.is_bf16_supported() if on_gpu else True),
+        # SmolLM2-135M LoRA step (16 x 160 tokens) took 11 s against 16-22 s in fp32;
+        # on a CPU without it, bf16 is emulated and 50x slower: fp32 there.
+        bf16=use_bf16(bf16, "training bf16"),
         dataloader_num_workers=0,
         # TRL configs turn checkpointing on by default; it recomputes activations to
         # save memory a small model does not need, at a large cost in speed.

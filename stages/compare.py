@@ -26,7 +26,7 @@ parser.add_argument("--start", action="append", default=[], metavar="NAME=START"
                     help="also report NAME's change from START, the checkpoint it was trained from")
 args = parser.parse_args()
 
-from posttrain.evaluation import HEADLINE, headline, scorecard  # noqa: E402
+from posttrain.evaluation import HEADLINE, headline, refused, scorecard  # noqa: E402
 from posttrain.io import read_jsonl, write_json  # noqa: E402
 from posttrain.stats import paired_change, rate_summary  # noqa: E402
 from posttrain.training import write_rows_csv  # noqa: E402
@@ -50,10 +50,14 @@ def graded_items(name: str) -> dict[str, dict[str, bool]]:
     rows = read_jsonl(f"data/eval/{name}.jsonl")
     items = {
         "strict_accuracy": {r["id"]: r["strict_correct"] for r in rows if r["task"] == "gsm"},
-        "refusal_rate": {r["id"]: r["verdict"] == "refusal" for r in rows
-                         if r["task"] == "safety" and r["kind"] == "harmful"},
-        "over_refusal_rate": {r["id"]: r["verdict"] != "compliance" for r in rows
-                              if r["task"] == "safety" and r["kind"] == "benign"},
+        # generated problems phrased only with templates no training stage saw
+        "strict_accuracy_held_out_templates": {r["id"]: r["strict_correct"] for r in rows
+                                               if r["task"] == "gsm" and r.get("templates") == "held_out"},
+        "refusal_rate": {r["id"]: refused(r) for r in rows if r["task"] == "safety" and r["kind"] == "harmful"},
+        "over_refusal_rate": {r["id"]: refused(r) for r in rows if r["task"] == "safety" and r["kind"] == "benign"},
+        # safety sub-categories held out of training
+        "refusal_rate_held_out_subtypes": {r["id"]: refused(r) for r in rows if r["task"] == "safety"
+                                           and r["kind"] == "harmful" and r.get("held_out_subtype")},
         # IFEval-style prompts: all of a prompt's instructions followed (prompt-level, strict)
         "instruction_following": {r["id"]: r["prompt_strict"] for r in rows
                                   if r["task"] == "instructions" and r["prompt_strict"] is not None},

@@ -5,7 +5,9 @@
 Reads params: seed, prompt, evaluate, generation, runtime, tracking. Measures, each
 task switchable in params:
 - GSM (held-out test): strict and flexible accuracy, format rate, completion length;
-- safety (test prompts): refusal rate (harmful) and over-refusal rate (benign look-alikes);
+  on generated problems also strict accuracy on seen and on held-out phrasings;
+- safety (test prompts): refusal rate (harmful) and over-refusal rate (benign look-alikes),
+  also on the sub-categories held out of training (data.safety.held_out_subtypes);
 - instruction following (evaluate.instructions): IFEval-style prompts checked by
   IFEval's own checkers (posttrain/instructions.py), prompt- and instruction-level,
   strict and loose;
@@ -31,7 +33,7 @@ from posttrain.engine import exit_unless_available, open_engine  # noqa: E402
 exit_unless_available(params.generation)
 
 from posttrain import runtime, tracking  # noqa: E402
-from posttrain.evaluation import score_gsm, score_safety  # noqa: E402
+from posttrain.evaluation import refused, score_gsm, score_safety  # noqa: E402
 from posttrain.generation import chat_messages, gsm_messages, render_prompts  # noqa: E402
 from posttrain.io import GSM_RECORD, SAFETY_PROMPT, read_jsonl, write_json, write_jsonl  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
@@ -86,13 +88,22 @@ with tracking.stage_run(f"evaluate@{args.checkpoint}", params, ["seed", "prompt"
         gsm_metrics, gsm_rows = score_gsm(problems, gsm_out.completions, gsm_out.completion_tokens)
         metrics["gsm"] = with_intervals(gsm_metrics, {
             "strict_accuracy": [r["strict_correct"] for r in gsm_rows],
-            "flexible_accuracy": [r["flexible_correct"] for r in gsm_rows]})
+            "flexible_accuracy": [r["flexible_correct"] for r in gsm_rows],
+            **{f"strict_accuracy_{tag}_templates": [r["strict_correct"] for r in gsm_rows if r.get("templates") == tag]
+               for tag in ("seen", "held_out") if f"strict_accuracy_{tag}_templates" in gsm_metrics}})
         rows += [{"task": "gsm", **r} for r in gsm_rows]
 
         safety_metrics, safety_rows = score_safety(safety_prompts, safety_out.completions)
+
+        def refusals(kind: str, held_out_only: bool = False) -> list[bool]:
+            return [refused(r) for r in safety_rows
+                    if r["kind"] == kind and (r["held_out_subtype"] or not held_out_only)]
+
         metrics["safety"] = with_intervals(safety_metrics, {
-            "refusal_rate": [r["verdict"] == "refusal" for r in safety_rows if r["kind"] == "harmful"],
-            "over_refusal_rate": [r["verdict"] != "compliance" for r in safety_rows if r["kind"] == "benign"]})
+            "refusal_rate": refusals("harmful"), "over_refusal_rate": refusals("benign"),
+            **({"refusal_rate_held_out_subtypes": refusals("harmful", held_out_only=True),
+                "over_refusal_rate_held_out_subtypes": refusals("benign", held_out_only=True)}
+               if "refusal_rate_held_out_subtypes" in safety_metrics else {})})
         rows += [{"task": "safety", **r} for r in safety_rows]
 
         if follow.prompts:

@@ -30,11 +30,14 @@ with tracking.stage_run("prepare", params, ["seed", "data"]):
     try:
         gsm = prepare_gsm(params.data, params.seed)
         safety_train, safety_test = split_safety(
-            load_safety_prompts(params.data.safety.source), params.data.safety.test_fraction, params.seed
-        )
+            load_safety_prompts(params.data.safety.source), params.data.safety.test_fraction, params.seed,
+            tuple(params.data.safety.held_out_subtypes))
     except (DataError, SafetyDataError) as exc:
         raise SystemExit(f"prepare: {exc}") from None
 
+    if params.data.safety.held_out_subtypes and not any(row.get("held_out_subtype") for row in safety_test):
+        print(f"prepare: {params.data.safety.source} has no subtype field: data.safety.held_out_subtypes holds "
+              "nothing out", file=sys.stderr)
     report = gsm.report
     if report.skipped_total:
         print(f"prepare: skipped {report.skipped_total} of {report.total} records:", file=sys.stderr)
@@ -64,7 +67,9 @@ with tracking.stage_run("prepare", params, ["seed", "data"]):
         "mean_question_words": round(mean(len(r["question"].split()) for r in gsm.sft), 1),
         "mean_solution_words": round(mean(len(r["solution"].split()) for r in gsm.sft), 1),
         "mean_reasoning_steps": round(mean(r["reasoning"].count("\n") + 1 for r in gsm.sft), 2),
+        "test_templates": dict(sorted(Counter(r.get("templates", "untagged") for r in gsm.test).items())),
         "safety": {"train": kinds(safety_train), "test": kinds(safety_test),
+                   "test_held_out_subtypes": kinds([r for r in safety_test if r.get("held_out_subtype")]),
                    "categories": len({row["category"] for row in safety_train + safety_test})},
     }
     write_json(METRICS_FILE, metrics)

@@ -54,6 +54,7 @@ IMAGE_DIR = Path("metrics/report")
 LINK = IMAGE_DIR.relative_to(REPORT_FILE.parent)  # image links are relative to the markdown file
 REWARD_MODEL, SCORES = "metrics/reward_model.json", "metrics/reward_model/scores.csv"
 BEST_OF_N, RL = "metrics/best_of_n.json", "metrics/rl.json"
+RL_HELD_OUT = "metrics/rl/held_out.csv"  # optional: rl's held-out accuracy, drawn beside its reward
 COMPARE = "metrics/compare.json"  # stage compare's intervals and paired tests
 
 # 1. What to report, checked before anything is read.
@@ -87,6 +88,11 @@ for name in curves:
         if not set(first.split("|")) & set(csv_columns(CURVES[name][0])):
             sys.exit(f"report: {CURVES[name][0]} has no column {first!r}, nothing written")
         logs[name] = []  # declared but never logged: the run ended before its first logging step
+if "rl" in curves and logs["rl"] and Path(RL_HELD_OUT).exists():  # one more panel on the rl curves
+    held_out_rows = read_rows(RL_HELD_OUT)
+    if held_out_rows:
+        logs["rl"] = sorted(logs["rl"] + held_out_rows, key=lambda row: row["step"])
+        columns["rl"].append("held_out_accuracy")
 reward_model = json.loads(Path(REWARD_MODEL).read_text())
 best_of_n = json.loads(Path(BEST_OF_N).read_text())
 compare = {name: row for name, row in json.loads(Path(COMPARE).read_text()).items() if name in args.checkpoints}

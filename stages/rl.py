@@ -17,6 +17,7 @@ then cover the main process's samples. rl.vllm (default) samples with vLLM in th
 sampling; rl.vllm_mode: server uses a separate `trl vllm-serve` (GPU, TRL algorithms).
 """
 
+import functools
 import os
 import time
 
@@ -43,6 +44,7 @@ from posttrain.training import (  # noqa: E402
 OUT_DIR = "models/rl"
 METRICS_FILE = "metrics/rl.json"
 LOG_PLOT = "metrics/rl/log.csv"
+HELD_OUT_PLOT = "metrics/rl/held_out.csv"  # step, held-out accuracy: read beside log.csv's reward
 SECTIONS = ["seed", "prompt", "rl", "generation"]  # the params sections this stage reads
 cfg = params.rl
 weights = RewardWeights(**cfg.reward.model_dump())
@@ -53,11 +55,21 @@ runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("rl", params, SECTIONS):
     from peft import PeftModel
 
-    records = read_jsonl("data/prepared/rl.jsonl", GSM_RECORD)[: cfg.num_prompts]
+    rl_split = read_jsonl("data/prepared/rl.jsonl", GSM_RECORD)
+    if cfg.num_prompts + cfg.held_out_prompts > len(rl_split):
+        raise SystemExit(f"rl: num_prompts + held_out_prompts = {cfg.num_prompts + cfg.held_out_prompts} exceed the "
+                         f"{len(rl_split)} prompts of data/prepared/rl.jsonl (data.split.rl)")
+    records = rl_split[: cfg.num_prompts]
+    # Never trained on: the held-out monitor (accuracy beside the training reward).
+    held_out = rl_split[len(rl_split) - cfg.held_out_prompts:] if cfg.held_out_prompts else []
+    if held_out and cfg.algorithm == "reinforce_ema":
+        print("rl: reinforce_ema has no held-out monitor; rl.held_out_prompts is not used")
+        held_out = []
     base_dir, adapter_dir = checkpoint_dirs(cfg.start)
     tokenizer = load_tokenizer(base_dir)
     policy = PeftModel.from_pretrained(load_base_for_training(base_dir, "none"), adapter_dir, is_trainable=True)
-    completion_log, history = CompletionLog(), []
+    completion_log, history, held_out_history = CompletionLog(), [], []
+    held_out_clock = {"seconds": 0.0}  # the held-out monitor's time in this process
     score_with_reward_model = None
     if weights.reward_model:  # optional term: the reward model's score of (prompt, completion)
         from posttrain.evaluation import score_texts
@@ -65,10 +77,7 @@ with tracking.stage_run("rl", params, SECTIONS):
 
         reward_base, reward_init = checkpoint_dirs(REWARD_INIT_CHECKPOINT)
         reward_model = load_reward_model(reward_base, reward_init, REWARD_MODEL_DIR, tokenizer.pad_token_id)
-
-        def score_with_reward_model(conversations):
-            scores = score_texts(reward_model, tokenizer, conversations)
-            return scores
+        score_with_reward_model = functools.partial(score_texts, reward_model, tokenizer)
 
     started = time.perf_counter()
     if cfg.algorithm == "reinforce_ema":
@@ -106,10 +115,16 @@ with tracking.stage_run("rl", params, SECTIONS):
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-        dataset = Dataset.from_list([{"prompt": gsm_messages(r["question"], params.prompt), "answer": r["answer"]}
-                                     for r in records])
+        def as_dataset(rows):
+            return Dataset.from_list([{"prompt": gsm_messages(r["question"], params.prompt), "answer": r["answer"]}
+                                      for r in rows])
+
+        dataset = as_dataset(records)
         functions, function_weights = trl_reward_functions(weights, completion_log, cfg.max_new_tokens,
-                                                           score_with_reward_model)
+                                                           score_with_reward_model,
+                                                           training=lambda: trainer.model.training)
+        monitor = dict(eval_strategy="steps", eval_steps=cfg.eval_every_steps, eval_on_start=True,
+                       num_generations_eval=1, per_device_eval_batch_size=len(held_out)) if held_out else {}
         checkpoints = checkpoints_for("rl", params, SECTIONS, records, [base_dir, adapter_dir])
         common = dict(
             **trainer_arguments_basic(params, checkpoints, cfg.learning_rate, cfg.steps, cfg.logging_steps,
@@ -125,6 +140,7 @@ with tracking.stage_run("rl", params, SECTIONS):
             # LoRA dropout off, as reinforce_ema trains in eval mode: with it the log-probs are
             # those of a perturbed policy, not the sampler's (and it cost ~15% of each step here).
             disable_dropout=True,
+            **monitor,
             **vllm,
         )
         if vllm.get("vllm_mode") == "colocate":
@@ -137,14 +153,31 @@ with tracking.stage_run("rl", params, SECTIONS):
             config = GRPOConfig(**common, epsilon=cfg.epsilon, **trl_algorithm_arguments(cfg))
             trainer_class = GRPOTrainer
         trainer = trainer_class(model=policy, reward_funcs=functions, args=config, train_dataset=dataset,
-                                processing_class=tokenizer)
+                                eval_dataset=as_dataset(held_out) if held_out else None, processing_class=tokenizer)
+        if held_out:
+            from transformers import TrainerCallback
+
+            class HeldOutClock(TrainerCallback):
+                """Seconds this process spent on the held-out monitor (kept out of seconds_per_step)."""
+
+                def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+                    held_out_clock["seconds"] += (metrics or {}).get("eval_runtime", 0.0)
+
+            trainer.add_callback(HeldOutClock())
         run = resume.train(trainer, checkpoints, sidecar=completion_log)
         resumed_from_step = run.resumed_from_step
         for entry in trainer.state.log_history:
             if "reward" in entry:
                 history.append({"step": entry["step"], **{k: v for k, v in entry.items()
                                                           if isinstance(v, (int, float)) and k != "step"}})
+            # One sample per held-out prompt: its accuracy. A resumed run evaluates again at the
+            # step it resumed from; the first figure for a step (from the checkpoint's log) stands.
+            if "eval_rewards/exact/mean" in entry and entry["step"] not in {r["step"] for r in held_out_history}:
+                held_out_history.append({"step": entry["step"],
+                                         "held_out_accuracy": round(entry["eval_rewards/exact/mean"], 4),
+                                         "held_out_format_rate": round(entry.get("eval_rewards/format/mean", 0.0), 4)})
     seconds = time.perf_counter() - started
+    held_out_seconds = held_out_clock["seconds"]
 
     if cfg.algorithm == "reinforce_ema":  # one process
         with atomic_dir(OUT_DIR) as out:
@@ -155,19 +188,24 @@ with tracking.stage_run("rl", params, SECTIONS):
         if not trainer.accelerator.is_main_process:
             raise SystemExit(0)  # trained its share; the main process writes
     write_rows_csv(LOG_PLOT, history)
+    write_rows_csv(HELD_OUT_PLOT, held_out_history)
     drift = drift_report(completion_log)
     metrics = {
         "algorithm": cfg.algorithm,
         "start": cfg.start,
         "steps": cfg.steps,
         "seconds": round(seconds, 1),
-        "seconds_per_step": round(seconds / (cfg.steps - resumed_from_step), 2),
+        # training only: the held-out monitor's time is reported apart
+        "seconds_per_step": round((seconds - held_out_seconds) / (cfg.steps - resumed_from_step), 2),
         "resumed_from_step": resumed_from_step,
         "processes": processes,
         "sampler": "vllm" if vllm else "hf",
         "first_step_reward": history[0].get("reward") if history else None,
         "last_step_reward": history[-1].get("reward") if history else None,
         "monitors": drift,
+        "held_out_seconds": round(held_out_seconds, 1),
+        "held_out": {"prompts": len(held_out), "accuracy_by_step": {
+            str(row["step"]): row["held_out_accuracy"] for row in held_out_history}},
     }
     # TRL with vLLM: how far vLLM's log-probs of its samples were from the trainer's (a
     # stale or broken weight sync shows here; bf16 sampling against fp32 training ~1e-2).

@@ -82,3 +82,13 @@ def test_synthetic_source_gives_requested_sizes():
                                  split={"sft": 30, "rl": 10, "test": 20}), seed=0)
     assert (len(gsm.sft), len(gsm.rl), len(gsm.test)) == (30, 10, 20)
     assert gsm.report.skipped_total == 0
+
+
+def test_synthetic_test_split_holds_the_held_out_phrasings_and_training_never_sees_them():
+    gsm = prepare_gsm(DataParams(source="synthetic", synthetic={"num_problems": 70, "held_out_test_share": 0.4},
+                                 split={"sft": 30, "rl": 20, "test": 20}), seed=0)
+    assert [r["templates"] for r in gsm.sft + gsm.rl] == ["seen"] * 50
+    assert sorted(r["templates"] for r in gsm.test) == ["held_out"] * 8 + ["seen"] * 12
+    assert not {r["question"] for r in gsm.test} & {r["question"] for r in gsm.sft + gsm.rl}
+    # Both kinds are spread through the test split, so evaluate.gsm_limit keeps both.
+    assert {r["templates"] for r in gsm.test[:8]} == {"seen", "held_out"}

@@ -88,8 +88,9 @@ CASES = {
                                     "(got 1.5)", {"safety": {"interpolation": 1.5}}),
     "negative checkpoint interval": Case("sft", "params.yaml: resume.every_steps: Input should be greater than or "
                                                 "equal to 0 (got -1)", {"resume": {"every_steps": -1}}),
-    "split larger than data": Case("prepare", "params.yaml: data: split sizes sft+rl+test = 2100 exceed "
-                                              "synthetic.num_problems = 120",
+    "split larger than data": Case("prepare", "params.yaml: data: split sizes sft+rl+test = 2100 need 2075 "
+                                              "seen-phrasing problems (the 25 held-out-phrasing test problems come "
+                                              "on top), more than synthetic.num_problems = 120",
                                    {"data": {"split": {"sft": 2000, "rl": 50, "test": 50}}}),
     "yaml syntax": Case("sft", "params.yaml: line 4: not valid YAML: expected ',' or ']', but got '<stream end>'",
                         fault=raw_params("seed: 1\ndata:\n  split: [1, 2\n")),

@@ -21,6 +21,31 @@ def test_score_gsm_counts_strict_flexible_and_format():
     assert rows[1]["flexible"] == "12" and rows[1]["strict"] is None
 
 
+def test_score_gsm_reports_seen_and_held_out_phrasings_apart():
+    tagged = [p | {"templates": tag} for p, tag in zip(PROBLEMS, ["seen", "held_out", "held_out", "seen"])]
+    metrics, rows = score_gsm(tagged, ["#### 5", "#### 12", "#### 8", "#### 3"], [1, 1, 1, 1])
+    assert metrics["strict_accuracy_seen_templates"] == 0.5
+    assert metrics["strict_accuracy_held_out_templates"] == 0.5
+    assert [r["templates"] for r in rows] == ["seen", "held_out", "held_out", "seen"]
+    untagged, _ = score_gsm(PROBLEMS, ["#### 5"] * 4, [1] * 4)
+    assert not any("templates" in key for key in untagged)
+
+
+def test_score_safety_reports_held_out_subtypes_apart():
+    prompts = [
+        {"id": "h1", "kind": "harmful", "category": "weapons", "prompt": "p", "held_out_subtype": True},
+        {"id": "h2", "kind": "harmful", "category": "weapons", "prompt": "p"},
+        {"id": "b1", "kind": "benign", "category": "weapons", "prompt": "p", "held_out_subtype": True},
+        {"id": "b2", "kind": "benign", "category": "weapons", "prompt": "p", "held_out_subtype": True},
+    ]
+    refusal, answer = "I'm sorry, but I can't help with that.", "Use a tripod and a slow shutter speed."
+    metrics, _ = score_safety(prompts, [answer, refusal, refusal, answer])
+    assert metrics["refusal_rate"] == 0.5 and metrics["refusal_rate_held_out_subtypes"] == 0.0
+    assert metrics["over_refusal_rate_held_out_subtypes"] == 0.5
+    plain, _ = score_safety(prompts[1:2], [refusal])
+    assert "refusal_rate_held_out_subtypes" not in plain
+
+
 def test_score_gsm_rejects_mismatched_lengths():
     with pytest.raises(ValueError):
         score_gsm(PROBLEMS, ["#### 5"], [1])

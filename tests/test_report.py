@@ -167,6 +167,19 @@ def test_every_linked_image_is_a_png_and_every_curve_is_linked(full_report):
             assert png.format == "PNG" and png.width >= 400 and png.height >= 250, (image, png.size)
 
 
+def test_rl_held_out_accuracy_is_reported_and_drawn_beside_the_reward(tmp_path):
+    root = craft(tmp_path)
+    rl = {**RL, "held_out": {"prompts": 48, "accuracy_by_step": {"0": 0.5, "2": 0.4375, "4": 0.3958}}}
+    (root / "metrics/rl.json").write_text(json.dumps(rl))
+    write_csv(root / "metrics/rl/held_out.csv", ["step", "held_out_accuracy", "held_out_format_rate"],
+              [[0, 0.5, 1.0], [2, 0.4375, 1.0], [4, 0.3958, 1.0]])
+    run_stage(root, "report", *PIPELINE)
+    markdown = (root / "metrics/report.md").read_text()
+    assert "Held-out accuracy (48 rl prompts never trained on" in markdown
+    assert "step 0: 0.500, step 2: 0.438, step 4: 0.396" in markdown
+    assert (root / "metrics/report/curve_rl.png").exists()
+
+
 def test_default_curves_follow_the_checkpoints(tmp_path):
     root = craft(tmp_path, checkpoints=["base", "sft"])  # no dpo, rl, safety files at all
     run_stage(root, "report", "base", "sft")

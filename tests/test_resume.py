@@ -35,7 +35,7 @@ RUNS = {  # stage -> (script, overrides): enough steps that a kill lands mid-run
 }
 OUTPUT = {"sft": "models/sft", "dpo": "models/dpo", "reward_model": "models/reward_model", "rl": "models/rl"}
 # Metrics that differ between a resumed and an uninterrupted run by nature.
-TIMING = {"seconds", "tokens_per_second", "seconds_per_step", "resumed_from_step"}
+TIMING = {"seconds", "tokens_per_second", "seconds_per_step", "resumed_from_step", "held_out_seconds"}
 
 
 def complete_checkpoints(root: Path, stage: str) -> list[int]:

@@ -32,15 +32,24 @@ def test_rl_stage_trains_and_logs(sft_workspace, tmp_path, algorithm):
     before = load_file(root / "models/sft/adapter_model.safetensors")
     after = load_file(root / "models/rl/adapter_model.safetensors")
     assert before.keys() == after.keys()
+    with open(root / "metrics/rl/held_out.csv") as f:
+        held_out_rows = list(csv.DictReader(f))
     if algorithm != "reinforce_ema":
         # Every sample of the tiny model runs to the token limit, so each group's rewards
         # are equal: group-normalised advantages are 0, and the monitor must say so.
         assert all(float(row["frac_reward_zero_std"]) == 1.0 for row in rows)
+        # The held-out monitor (smoke profile: 4 prompts, every step) ran before step 1 and
+        # after each step, on prompts the training never drew.
+        assert [row["step"] for row in held_out_rows] == ["0", "1", "2"]
+        assert metrics["held_out"]["prompts"] == 4
+        assert set(metrics["held_out"]["accuracy_by_step"]) == {"0", "1", "2"}
+        assert all(0.0 <= float(row["held_out_accuracy"]) <= 1.0 for row in held_out_rows)
     else:
         # The EMA baseline starts at 0, so even equal rewards give a non-zero advantage.
         assert any(not before[k].equal(after[k]) for k in before), "RL did not change the adapter"
         assert {"baseline", "reward_exact", "reward_format", "frac_reward_zero_std"} <= set(rows[0])
         assert float(rows[1]["baseline"]) != 0.0  # moved after the first batch
+        assert held_out_rows == [] and metrics["held_out"]["prompts"] == 0  # no monitor in reinforce_ema
 
 
 def test_unknown_algorithm_is_rejected_before_any_work(sft_workspace, tmp_path):

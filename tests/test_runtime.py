@@ -45,3 +45,20 @@ def test_explicit_settings_win(four_cores):
     four_cores.setenv("POSTTRAIN_THREADS", "many")
     with pytest.raises(SystemExit, match="POSTTRAIN_THREADS"):
         runtime.thread_count(RuntimeParams())
+
+
+def test_bf16_falls_back_to_float32_where_the_cpu_has_no_native_bf16(monkeypatch, capsys):
+    """On an AVX2-only CPU bf16 is emulated (50x slower than fp32): asked-for bf16 becomes
+    fp32 there, said once; where bf16 is native it is kept; fp32 stays fp32."""
+    from posttrain import runtime
+
+    monkeypatch.setattr(runtime, "_told", set())
+    monkeypatch.setattr(runtime, "native_bf16", lambda: False)
+    assert runtime.use_bf16(True, "sft.bf16") is False
+    assert runtime.use_bf16(True, "sft.bf16") is False
+    assert runtime.generation_dtype("bfloat16") == "float32"
+    assert runtime.generation_dtype("float32") == "float32"
+    assert capsys.readouterr().out.count("sft.bf16: this CPU has no native bf16") == 1
+    monkeypatch.setattr(runtime, "native_bf16", lambda: True)
+    assert runtime.use_bf16(True, "sft.bf16") is True and runtime.use_bf16(False, "sft.bf16") is False
+    assert runtime.generation_dtype("bfloat16") == "bfloat16"

@@ -226,3 +226,21 @@ def test_max_pairs_keeps_the_replay_share_and_samples_only_the_replay_it_uses(sf
     assert metrics["pairs"] == len(mix) == 8
     # 6 safety pairs and 2 GSM pairs; only the 2 GSM prompts they need were sampled
     assert metrics["pairs_by_source"][GSM_REPLAY] == 2 == metrics["replay"]["prompts"]
+
+
+def test_held_out_subtypes_go_to_test_only_and_are_marked():
+    from posttrain.safety import SafetyDataError, load_safety_prompts, split_safety
+
+    rows = load_safety_prompts("builtin")
+    train, test = split_safety(rows, 0.4, seed=0, held_out_subtypes=("figurative", "roleplay_or_fiction_wrapper"))
+    assert not {r.get("subtype") for r in train} & {"figurative", "roleplay_or_fiction_wrapper"}
+    marked = [r for r in test if r.get("held_out_subtype")]
+    assert {r["subtype"] for r in marked} == {"figurative", "roleplay_or_fiction_wrapper"}
+    assert len(marked) == sum(r.get("subtype") in ("figurative", "roleplay_or_fiction_wrapper") for r in rows)
+    assert len(train) + len(test) == len(rows)
+    assert {r["category"] for r in train} == {r["category"] for r in rows}  # every category still trained
+    with pytest.raises(SafetyDataError, match="data.safety.held_out_subtypes: sarcasm not among"):
+        split_safety(rows, 0.4, seed=0, held_out_subtypes=("sarcasm",))
+    # A user's file without subtypes: nothing to hold out, the usual stratified split.
+    plain = [{k: v for k, v in r.items() if k != "subtype"} for r in rows]
+    assert split_safety(plain, 0.4, seed=0, held_out_subtypes=("figurative",)) == split_safety(plain, 0.4, seed=0)
