@@ -47,20 +47,20 @@ class Tally:
                 f"binary {self.binary / self.n:.3f}  precision {precision:.2f}  recall {recall:.2f}")
 
 
+def parse_row(line: str, where: str) -> dict:
+    """One table row; a bad one stops the run with one line naming file and line."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"{where}: not JSON ({error.msg})") from None
+    if not isinstance(row, dict) or not isinstance(row.get("text"), str) or "label" not in row:
+        raise SystemExit(f"{where}: a row needs 'text' (a string) and 'label'")
+    return row
+
+
 def load(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise SystemExit(f"{path}:{number}: not JSON ({error.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str) or "label" not in row:
-                raise SystemExit(f"{path}:{number}: a row needs 'text' (a string) and 'label'")
-            rows.append(row)
-    return rows
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [parse_row(line, f"{path}:{number}") for number, line in enumerate(lines, 1) if line.strip()]
 
 
 def report(path: Path, split: str | None, show: int) -> None:
