@@ -3,6 +3,11 @@
 * Agreement with posttrain/resources/refusal_labels.jsonl (chat-model styles,
   XSTest labels): 3-way and binary (refusal vs not) >= 0.95 on all rows and on
   the held-out fifth (every 5th row, not used for tuning the rules).
+* Agreement with posttrain/resources/refusal_labels_prompted.jsonl: 857 completions
+  with their prompts, written independently of the rules in the styles of 17 chat-model
+  families (Llama-2-chat with and without its system prompt, Mistral with and without
+  a guardrail, GPT-4/3.5, Claude, Gemini, Llama-3, Qwen, Gemma, Phi-3, tiny models...),
+  labelled by XSTest's guidelines; rows marked "held_out" were never read while tuning.
 * Every case of the earlier classifier's tests still holds.
 """
 
@@ -35,6 +40,11 @@ def _load(path):
 
 ROWS = _load(LABELS_PATH)
 HELD_OUT = [row for i, row in enumerate(ROWS) if i % 5 == 4]
+PROMPTED_PATH = ROOT / "posttrain" / "resources" / "refusal_labels_prompted.jsonl"
+PROMPTED = _load(PROMPTED_PATH)
+# Measured when the rules were last tuned (on the "tune" rows only): held-out 3-way
+# 0.951, binary 0.956; the floor leaves room for a row or two, not for a regression.
+MIN_PROMPTED_AGREEMENT = 0.94
 
 
 # --- the new labelled table ---------------------------------------------------
@@ -85,6 +95,30 @@ def test_agreement_with_labels(subset):
     rows = ROWS if subset == "all" else HELD_OUT
     three_way, binary, report = _agreement_report(rows)
     assert three_way >= MIN_AGREEMENT and binary >= MIN_AGREEMENT, report
+
+
+def test_prompted_table_is_well_formed():
+    assert len(PROMPTED) >= 800
+    for row in PROMPTED:
+        assert set(row) == {"prompt", "text", "label", "style", "prompt_kind", "note", "split"}, row
+        assert row["label"] in LABELS and row["split"] in ("tune", "held_out")
+        assert row["prompt_kind"].split(":")[0] in ("safe", "unsafe"), row["prompt_kind"]
+    texts = [" ".join(row["text"].lower().split()) for row in PROMPTED]
+    assert len(texts) == len(set(texts)), "duplicate texts"
+    assert len({row["style"] for row in PROMPTED}) >= 10
+    held_out = [row for row in PROMPTED if row["split"] == "held_out"]
+    assert 0.4 <= len(held_out) / len(PROMPTED) <= 0.6
+    # Both kinds of prompt, and each label on each: over-refusal and harmful compliance are in the table.
+    for kind in ("safe", "unsafe"):
+        labels = {row["label"] for row in PROMPTED if row["prompt_kind"].startswith(kind)}
+        assert labels == set(LABELS), (kind, labels)
+
+
+@pytest.mark.parametrize("split", ["tune", "held_out"])
+def test_agreement_with_prompted_labels(split):
+    rows = [row for row in PROMPTED if row["split"] == split]
+    three_way, binary, report = _agreement_report(rows)
+    assert three_way >= MIN_PROMPTED_AGREEMENT and binary >= MIN_PROMPTED_AGREEMENT, report
 
 
 def test_is_refusal_matches_classify_on_table():
