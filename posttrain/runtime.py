@@ -86,8 +86,8 @@ def setup(runtime: RuntimeParams, seed: int) -> int:
 def native_bf16() -> bool:
     """Whether bf16 runs natively here: a CUDA GPU with bf16, or a CPU whose oneDNN has a
     bf16 path (avx512_bf16 or AMX). On other CPUs (AVX2 only) bf16 matrix products are
-    emulated: 0.7 GFLOP/s against 27 in fp32 on one such core, and an SFT step took
-    100-110 s against about 2 s in fp32."""
+    emulated: on one 2-core AVX2 machine 0.8 GFLOP/s against 66.5 in fp32, and an SFT step
+    took 100-110 s against 6-9 s in fp32 (bench/precision.py measures a machine)."""
     import torch
 
     if torch.cuda.is_available():

@@ -122,7 +122,8 @@ def trainer_arguments_basic(params: Params, checkpoints: Checkpoints, learning_r
         use_cpu=not on_gpu,
         # Autocast to bf16 (weights and optimiser stay fp32). On a CPU with avx512_bf16 a
         # SmolLM2-135M LoRA step (16 x 160 tokens) took 11 s against 16-22 s in fp32;
-        # on a CPU without it, bf16 is emulated and 50x slower: fp32 there.
+        # on a CPU without it, bf16 is emulated (an SFT step 100-110 s against 6-9 s in
+        # fp32 on a 2-core AVX2 machine): fp32 there.
         bf16=use_bf16(bf16, "training bf16"),
         dataloader_num_workers=0,
         # TRL configs turn checkpointing on by default; it recomputes activations to
