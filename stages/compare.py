@@ -1,29 +1,36 @@
 """Stage `compare`: every evaluated checkpoint side by side, with deltas against base.
 
-    PYTHONPATH=. python stages/compare.py base sft dpo rl safety --start safety=rl
+    PYTHONPATH=. python stages/compare.py --checkpoints base sft dpo rl safety --start safety=rl \
+        --evaluations metrics/eval --graded data/eval \
+        --out metrics/compare.json --scorecard metrics/compare/scorecard.csv
 
-Reads metrics/eval/<checkpoint>.json for each name given (in pipeline order) and
-writes metrics/compare.json: the headline metrics of each checkpoint, their change
+(dvc.yaml passes these; every path is an argument.) Reads EVALUATIONS/<checkpoint>.json
+for each name given (in pipeline order) and writes OUT: the headline metrics of each checkpoint, their change
 from base and from the previous checkpoint. `--start NAME=START` adds NAME's change
 from the checkpoint it was trained from: for the safety stage, the alignment tax
 (what refusal training cost in GSM accuracy and helpfulness). The same numbers, one
-row per checkpoint, go to metrics/compare/scorecard.csv for the per-stage plots in
+row per checkpoint, go to SCORECARD for the per-stage plots in
 dvc.yaml. No model is loaded.
 
 Each checkpoint's GSM strict accuracy, refusal and over-refusal rates also get their n
 and 95% Wilson interval, and every change (from the previous checkpoint, from base,
-from the start) a paired test on the same items, read from data/eval/<checkpoint>.jsonl:
+from the start) a paired test on the same items, read from GRADED/<checkpoint>.jsonl:
 the change with its 95% interval, items lost and gained, exact McNemar p, and
 `significant` (p < 0.05): whether the change is beyond the noise of the test set.
 """
 
 import argparse
 import json
+from pathlib import Path
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("checkpoints", nargs="+", help="checkpoint names in pipeline order, base first")
+parser.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint names in pipeline order, base first")
 parser.add_argument("--start", action="append", default=[], metavar="NAME=START",
                     help="also report NAME's change from START, the checkpoint it was trained from")
+parser.add_argument("--evaluations", required=True, type=Path, help="directory of <checkpoint>.json (stage evaluate)")
+parser.add_argument("--graded", required=True, type=Path, help="directory of <checkpoint>.jsonl, every graded item")
+parser.add_argument("--out", required=True, type=Path, help="the comparison, JSON")
+parser.add_argument("--scorecard", required=True, type=Path, help="one CSV row per checkpoint, for the per-stage plots")
 args = parser.parse_args()
 
 from posttrain.evaluation import HEADLINE, headline, refused, scorecard  # noqa: E402
@@ -31,10 +38,7 @@ from posttrain.io import read_jsonl, write_json  # noqa: E402
 from posttrain.stats import paired_change, rate_summary  # noqa: E402
 from posttrain.training import write_rows_csv  # noqa: E402
 
-METRICS_FILE = "metrics/compare.json"
-SCORECARD_PLOT = "metrics/compare/scorecard.csv"  # one row per checkpoint: `dvc plots diff` overlays runs
-
-evaluations = {name: json.loads(open(f"metrics/eval/{name}.json").read()) for name in args.checkpoints}
+evaluations = {name: json.loads((args.evaluations / f"{name}.json").read_text()) for name in args.checkpoints}
 rows = {name: headline(metrics) for name, metrics in evaluations.items()}
 card = scorecard(rows)
 for pair in args.start:
@@ -47,7 +51,7 @@ for pair in args.start:
 
 def graded_items(name: str) -> dict[str, dict[str, bool]]:
     """Per tested rate, each item's outcome (id -> counted in the rate) for one checkpoint."""
-    rows = read_jsonl(f"data/eval/{name}.jsonl")
+    rows = read_jsonl(args.graded / f"{name}.jsonl")
     items = {
         "strict_accuracy": {r["id"]: r["strict_correct"] for r in rows if r["task"] == "gsm"},
         # generated problems phrased only with templates no training stage saw
@@ -78,8 +82,9 @@ for index, name in enumerate(names):
         if other != name:
             card[name][f"paired_vs_{label}"] = {rate: paired_change(items[other][rate], items[name][rate])
                                                 for rate in items[name] if rate in items[other]}
-write_json(METRICS_FILE, card)
-write_rows_csv(SCORECARD_PLOT, [{"checkpoint": name, **row} for name, row in rows.items()])
+write_json(args.out, card)
+# one row per checkpoint: `dvc plots diff` overlays runs
+write_rows_csv(args.scorecard, [{"checkpoint": name, **row} for name, row in rows.items()])
 
 width = max(len(name) for name in card)
 print(f"{'checkpoint':<{width}}  " + "  ".join(f"{key:>13}" for key in HEADLINE))

@@ -1,7 +1,9 @@
 """Shared fixtures: a throw-away workspace with the tiny model and prepared data,
 made by the real stage scripts, for tests that run one stage under other params."""
 
+import functools
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,13 +30,27 @@ def write_params(workdir: Path, overrides: dict | None = None) -> None:
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+@functools.cache
+def dvc_arguments(stage: str) -> tuple[str, ...]:
+    """The arguments dvc.yaml gives stage's script (DVC resolves its vars and params):
+    tests run a stage on exactly the paths the pipeline passes it."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        words = shlex.split(repo.stage.collect(stage)[0].cmd)
+    script = next(i for i, word in enumerate(words) if word.startswith("stages/") and word.endswith(".py"))
+    return tuple(words[script + 1:])
+
+
 def stage_command(script: str, *args: str) -> list[str]:
     return [sys.executable, str(REPO / "stages" / f"{script}.py"), *args]
 
 
 def run_stage(workdir: Path, script: str, *args: str, overrides: dict | None = None, check: bool = True):
-    """Run stages/<script>.py in workdir, with params = smoke profile + overrides."""
+    """Run stages/<script>.py in workdir, with params = smoke profile + overrides, and the
+    arguments given, else those dvc.yaml gives stage <script>."""
     write_params(workdir, overrides)
+    args = args or dvc_arguments(script)
     result = subprocess.run(stage_command(script, *args), cwd=workdir,
                             env=stage_env(), capture_output=True, text=True, timeout=900)
     if check:

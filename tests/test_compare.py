@@ -36,8 +36,10 @@ def test_compare_reports_intervals_and_which_changes_are_beyond_noise(tmp_path):
     write_evaluation(tmp_path, "safety", safety_gsm, ["refusal"] * 12 + ["compliance"] * 8,
                      ["partial"] + ["compliance"] * 19)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, str(REPO / "stages/compare.py"), "base", "sft", "safety",
-                             "--start", "safety=sft"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(REPO / "stages/compare.py"), "--checkpoints", "base", "sft", "safety",
+                             "--start", "safety=sft", "--evaluations", "metrics/eval", "--graded", "data/eval",
+                             "--out", "metrics/compare.json", "--scorecard", "metrics/compare/scorecard.csv"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     card = json.loads((tmp_path / "metrics/compare.json").read_text())
 

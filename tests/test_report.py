@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import run_stage
+from conftest import dvc_arguments, run_stage
 from posttrain.evaluation import HEADLINE
 from posttrain.report import delta, pick_column, read_rows, scorecard_table
 
@@ -91,6 +91,34 @@ def crafted_compare(checkpoints) -> dict:
     return card
 
 
+# report's options that are not a training curve (--<stage> CSV)
+INPUT_OPTIONS = {"--checkpoints", "--start", "--evaluations", "--compare", "--reward-model", "--reward-scores",
+                 "--best-of-n", "--rl-monitors", "--rl-held-out", "--out", "--images"}
+
+
+def report_arguments(checkpoints: list[str], curves: list[str] = (), start: list[str] = ()) -> list[str]:
+    """dvc.yaml's arguments for report, with other checkpoints, curves and --start."""
+    options, flag = {}, None
+    for word in dvc_arguments("report"):
+        if word.startswith("--"):
+            flag = word
+            options.setdefault(flag, [])
+        else:
+            options[flag].append(word)
+    options["--checkpoints"] = list(checkpoints)
+    del options["--start"]
+    words = [word for flag, values in options.items()
+             if flag in INPUT_OPTIONS or flag[2:] in curves for word in (flag, *values)]
+    return words + [word for pair in start for word in ("--start", pair)]
+
+
+def test_dvc_yaml_gives_report_every_checkpoint_and_every_curve():
+    words = dvc_arguments("report")
+    assert words[words.index("--checkpoints") + 1:][:len(PIPELINE)] == tuple(PIPELINE)
+    for name, (path, _) in CURVE_FILES.items():
+        assert words[words.index(f"--{name}") + 1] == path
+
+
 def linked_images(root: Path) -> list[Path]:
     markdown = (root / "metrics/report.md").read_text()
     return [root / "metrics" / link for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)]
@@ -105,7 +133,7 @@ def assert_no_report(root: Path) -> None:
 @pytest.fixture(scope="module")
 def full_report(tmp_path_factory) -> Path:
     root = craft(tmp_path_factory.mktemp("report"))
-    run_stage(root, "report", *PIPELINE, "--start", "safety=rl")
+    run_stage(root, "report")  # dvc.yaml's arguments: every checkpoint and curve, --start safety=rl
     return root
 
 
@@ -173,26 +201,43 @@ def test_rl_held_out_accuracy_is_reported_and_drawn_beside_the_reward(tmp_path):
     (root / "metrics/rl.json").write_text(json.dumps(rl))
     write_csv(root / "metrics/rl/held_out.csv", ["step", "held_out_accuracy", "held_out_format_rate"],
               [[0, 0.5, 1.0], [2, 0.4375, 1.0], [4, 0.3958, 1.0]])
-    run_stage(root, "report", *PIPELINE)
+    run_stage(root, "report")
     markdown = (root / "metrics/report.md").read_text()
     assert "Held-out accuracy (48 rl prompts never trained on" in markdown
     assert "step 0: 0.500, step 2: 0.438, step 4: 0.396" in markdown
     assert (root / "metrics/report/curve_rl.png").exists()
 
 
-def test_default_curves_follow_the_checkpoints(tmp_path):
+def test_a_curve_is_drawn_for_each_log_given_and_only_those(tmp_path):
     root = craft(tmp_path, checkpoints=["base", "sft"])  # no dpo, rl, safety files at all
-    run_stage(root, "report", "base", "sft")
+    run_stage(root, "report", *report_arguments(["base", "sft"], curves=["sft", "reward_model"]))
     names = {image.name for image in linked_images(root)}
     assert names == {"scorecard.png", "reward_model_scores.png", "curve_sft.png", "curve_reward_model.png"}
     markdown = (root / "metrics/report.md").read_text()
     assert "## RL" not in markdown and "Alignment tax" not in markdown
 
 
+def test_a_new_stage_log_is_drawn_by_its_loss(tmp_path):
+    # A stage the report was never told about: one --<stage> CSV and it has its curve.
+    root = craft(tmp_path, checkpoints=["base", "sft"])
+    write_csv(root / "metrics/kto/loss.csv", ["step", "loss", "kl"], [[1, 0.7, 0.0], [2, 0.5, 0.1]])
+    run_stage(root, "report", *report_arguments(["base", "sft"]), "--kto", "metrics/kto/loss.csv")
+    assert {image.name for image in linked_images(root)} == {"scorecard.png", "reward_model_scores.png",
+                                                              "curve_kto.png"}
+    assert "### kto" in (root / "metrics/report.md").read_text()
+
+
+def test_a_stray_argument_is_one_line_and_writes_nothing(tmp_path):
+    root = craft(tmp_path, checkpoints=["base", "sft"])
+    result = run_stage(root, "report", *report_arguments(["base", "sft"]), "--kto", check=False)
+    assert result.returncode != 0 and "--<stage> CSV" in result.stderr and "--kto" in result.stderr
+    assert_no_report(root)
+
+
 def test_a_log_with_no_steps_is_said_not_drawn(tmp_path):
     root = craft(tmp_path, checkpoints=["base", "sft"])
     write_csv(root / "metrics/sft/loss.csv", ["step", "loss"], [["", ""]])  # what a run that logged nothing leaves
-    run_stage(root, "report", "base", "sft", "--curves", "sft")
+    run_stage(root, "report", *report_arguments(["base", "sft"], curves=["sft"]))
     assert "metrics/sft/loss.csv logged no steps" in (root / "metrics/report.md").read_text()
     assert not (root / "metrics/report/curve_sft.png").exists()
     assert {image.name for image in linked_images(root)} == {"scorecard.png", "reward_model_scores.png"}
@@ -202,7 +247,7 @@ def test_a_run_too_short_to_log_its_loss_is_said_not_drawn(tmp_path):
     # One step with logging_steps 2: the trainer's final entry fills the reward columns, not the loss.
     root = craft(tmp_path, checkpoints=["base", "sft"])
     write_csv(root / "metrics/sft/loss.csv", ["step", "loss", "grad_norm"], [[1, "", 0.5]])
-    run_stage(root, "report", "base", "sft", "--curves", "sft")
+    run_stage(root, "report", *report_arguments(["base", "sft"], curves=["sft"]))
     assert "metrics/sft/loss.csv logged no steps" in (root / "metrics/report.md").read_text()
     assert not (root / "metrics/report/curve_sft.png").exists()
 
@@ -210,7 +255,7 @@ def test_a_run_too_short_to_log_its_loss_is_said_not_drawn(tmp_path):
 def test_a_log_without_its_main_column_fails(tmp_path):
     root = craft(tmp_path, checkpoints=["base", "sft"])
     write_csv(root / "metrics/sft/loss.csv", ["step", "grad_norm"], [[1, 0.5]])
-    result = run_stage(root, "report", "base", "sft", check=False)
+    result = run_stage(root, "report", *report_arguments(["base", "sft"], curves=["sft"]), check=False)
     assert result.returncode != 0 and "metrics/sft/loss.csv" in result.stderr and "'loss'" in result.stderr
     assert_no_report(root)
 
@@ -220,7 +265,7 @@ def test_a_log_without_its_main_column_fails(tmp_path):
 def test_missing_input_names_the_file_and_writes_nothing(tmp_path, missing):
     root = craft(tmp_path)
     (root / missing).unlink()
-    result = run_stage(root, "report", *PIPELINE, "--start", "safety=rl", check=False)
+    result = run_stage(root, "report", check=False)
     assert result.returncode != 0
     assert missing in result.stderr
     assert_no_report(root)
@@ -231,7 +276,7 @@ def test_every_missing_input_is_named_at_once(tmp_path):
     gone = ["metrics/eval/safety.json", "metrics/safety/loss.csv", "metrics/best_of_n.json"]
     for path in gone:
         (root / path).unlink()
-    result = run_stage(root, "report", *PIPELINE, check=False)
+    result = run_stage(root, "report", check=False)
     assert result.returncode != 0
     assert all(path in result.stderr for path in gone), result.stderr
     assert_no_report(root)
@@ -240,14 +285,15 @@ def test_every_missing_input_is_named_at_once(tmp_path):
 def test_failure_while_drawing_leaves_no_half_report(tmp_path):
     root = craft(tmp_path)
     write_csv(root / "metrics/reward_model/scores.csv", ["bin", "chosen", "rejected"], [[0.0, "many", 1]])
-    result = run_stage(root, "report", *PIPELINE, check=False)
+    result = run_stage(root, "report", check=False)
     assert result.returncode != 0 and "many" in result.stderr
     assert_no_report(root)
 
 
 def test_start_must_name_checkpoints(tmp_path):
     root = craft(tmp_path)
-    result = run_stage(root, "report", "base", "sft", "dpo", "rl", "--start", "safety=rl", check=False)
+    arguments = report_arguments(["base", "sft", "dpo", "rl"], start=["safety=rl"])
+    result = run_stage(root, "report", *arguments, check=False)
     assert result.returncode != 0 and "safety=rl" in result.stderr
     assert_no_report(root)
 
