@@ -37,7 +37,8 @@ def dvc_arguments(stage: str) -> tuple[str, ...]:
     from dvc.repo import Repo
 
     with Repo(str(REPO)) as repo:
-        words = shlex.split(repo.stage.collect(stage)[0].cmd)
+        # (repo.stage.collect would read the dvc.yaml of the working directory)
+        words = shlex.split(next(s.cmd for s in repo.index.stages if s.name == stage))
     script = next(i for i, word in enumerate(words) if word.startswith("stages/") and word.endswith(".py"))
     return tuple(words[script + 1:])
 
