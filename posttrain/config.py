@@ -12,12 +12,16 @@ are the values params.yaml sets (tests/test_config_defaults.py fails if they dis
 
 from __future__ import annotations
 
+import argparse
+
 import sys
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from posttrain import errors
 
 PARAMS_FILE = "params.yaml"
 
@@ -225,6 +229,8 @@ class TrainParams(_Section):
 class SftParams(TrainParams):
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(4, gt=0)
+    safety_share: float = Field(0.0, ge=0, lt=1, description="share of the SFT mix that is safety examples (each "
+                                "safety training prompt with its curated refusal or helpful answer); 0 = GSM only")
     lora: LoraParams = LoraParams()
     quantization: Literal["none", "4bit", "8bit"] = "none"
     max_length: int = Field(256, ge=16)
@@ -250,6 +256,8 @@ class PreferencesParams(_Section):
 
 
 class RewardModelParams(TrainParams):
+    start: Literal["base", "sft"] = Field("sft", description="checkpoint the reward model is trained on (its "
+                                          "backbone); best_of_n and rl load the same one under its adapter")
     learning_rate: float = Field(5e-4, gt=0)
     epochs: float = Field(2.0, gt=0)
     logging_steps: int = Field(2, gt=0)
@@ -288,13 +296,26 @@ class RewardWeightParams(_Section):
         return self
 
 
+class PpoParams(_Section):
+    """rl.algorithm ppo (posttrain/ppo.py); its clipping range is rl.epsilon, its KL penalty rl.beta."""
+    epochs: int = Field(4, gt=0, description="passes over each step's samples")
+    minibatches: int = Field(1, gt=0, description="minibatches per pass")
+    value_clip: float = Field(0.2, gt=0, description="how far one update may move a value from the rollout's")
+    value_coef: float = Field(0.5, ge=0, description="weight of the value loss beside the policy loss")
+    gamma: float = Field(1.0, gt=0, le=1, description="discount over completion tokens")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+
+
+OWN_ALGORITHMS = ("reinforce_ema", "ppo")  # our trainers (one process), beside TRL's
+
+
 class RlParams(_Section):
-    algorithm: Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_ema"] = "grpo"
+    algorithm: Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_ema", "ppo"] = "grpo"
     start: Literal["sft", "dpo"] = "sft"
     num_prompts: int = Field(64, gt=0, description="first N prompts of the rl split")
     held_out_prompts: int = Field(48, ge=0, description="last N prompts of the rl split, never trained on: "
                                   "accuracy on them is logged every eval_every_steps (0 = off; TRL algorithms "
-                                  "only, reinforce_ema has no monitor)")
+                                  "only, reinforce_ema and ppo have no monitor)")
     eval_every_steps: int = Field(5, gt=0, description="held-out accuracy every N steps (and before step 1)")
     steps: int = Field(10, gt=0)
     prompts_per_step: int = Field(4, gt=0)
@@ -303,9 +324,10 @@ class RlParams(_Section):
     max_new_tokens: int = Field(128, gt=0)
     learning_rate: float = Field(1e-4, gt=0)
     beta: float = Field(0.0, ge=0, description="KL coefficient to the starting checkpoint")
-    epsilon: float = Field(0.2, gt=0, description="clipping range (GRPO family)")
+    epsilon: float = Field(0.2, gt=0, description="clipping range (GRPO family, ppo)")
     scale_rewards: Literal["group", "batch", "none"] = "group"
     ema_beta: float = Field(0.9, ge=0, lt=1, description="reinforce_ema baseline decay")
+    ppo: PpoParams = PpoParams()
     max_grad_norm: float = Field(1.0, gt=0)
     reward: RewardWeightParams = RewardWeightParams()
     logging_steps: int = Field(1, gt=0)
@@ -322,10 +344,10 @@ class RlParams(_Section):
 
     @model_validator(mode="after")
     def _groups_need_two(self) -> RlParams:
-        if self.algorithm != "reinforce_ema" and self.num_generations < 2:
+        if self.algorithm not in OWN_ALGORITHMS and self.num_generations < 2:
             raise ValueError(f"num_generations must be at least 2 for {self.algorithm}: it normalises within groups")
-        if self.vllm and self.vllm_mode == "server" and self.algorithm == "reinforce_ema":
-            raise ValueError("vllm_mode: reinforce_ema samples with vLLM in its own process only; set vllm_mode: "
+        if self.vllm and self.vllm_mode == "server" and self.algorithm in OWN_ALGORITHMS:
+            raise ValueError(f"vllm_mode: {self.algorithm} samples with vLLM in its own process only; set vllm_mode: "
                              "colocate or use a TRL algorithm (grpo, dr_grpo, dapo, gspo, rloo)")
         return self
 
@@ -440,8 +462,44 @@ def read_params(path: str | Path = PARAMS_FILE) -> Params:
     return parse_params(raw, str(path))
 
 
+def stage_arguments(doc: str, **paths: str) -> argparse.Namespace:
+    """A stage's paths, as dvc.yaml passes them: each keyword is a required option
+    (--name, underscores as dashes) and its help. dvc.yaml is the one place that names
+    the files a stage reads and writes; the script takes them from its command line."""
+    parser = argparse.ArgumentParser(description=doc.strip().split("\n")[0])
+    for name, help in paths.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", required=True, type=Path, metavar="PATH", help=help)
+    return parser.parse_args()
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """The checkpoint list as dvc.yaml passes it (vars `pipeline`): --checkpoints in
+    pipeline order, base first, and --start CHECKPOINT=START for each checkpoint whose
+    change from the checkpoint it was trained from is reported."""
+    parser.add_argument("--checkpoints", nargs="+", required=True,
+                        help="checkpoint names in pipeline order, base first")
+    parser.add_argument("--start", action="append", default=[], metavar="CHECKPOINT=START",
+                        help="also report CHECKPOINT's change from START, the checkpoint it was trained from")
+
+
+def checkpoint_starts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """args.start as {checkpoint: start}; a name given twice, or a --start naming anything
+    but two of the checkpoints, ends the stage through parser.error."""
+    if len(set(args.checkpoints)) < len(args.checkpoints):
+        parser.error(f"a checkpoint is named twice: {' '.join(args.checkpoints)}")
+    starts = {}
+    for pair in args.start:
+        checkpoint, _, start = pair.partition("=")
+        if checkpoint not in args.checkpoints or start not in args.checkpoints:
+            parser.error(f"--start {pair}: both must be among the checkpoints {' '.join(args.checkpoints)}")
+        starts[checkpoint] = start
+    return starts
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Stage entry point: validated params, or exit 2 with the problem and no traceback."""
+    """Stage entry point: validated params, or exit 2 with the problem and no traceback.
+    From here on a UserError raised anywhere ends the stage in its one line (posttrain/errors.py)."""
+    errors.install()
     try:
         return read_params(path)
     except ParamsError as exc:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.config import DpoParams, Params
-from posttrain.models import checkpoint_dirs, load_tokenizer
+from posttrain.models import CheckpointError, checkpoint_dirs, load_tokenizer
 from posttrain import resume
 from posttrain.training import (
     checkpoints_for, load_base_for_training, save_adapter, trainer_arguments, write_log_history)
@@ -31,9 +31,10 @@ class DpoResult:
     resumed_from_step: int  # 0: started fresh
 
 
-def train_dpo(params: Params, cfg: DpoParams, start: str, examples: list[dict], out_dir: str | Path,
-              loss_plot: str | Path, stage: str, sections: list[str], sft_weight: float = 0.0) -> DpoResult:
-    """Train the `start` adapter with DPO on TRL preference examples; save the adapter
+def train_dpo(params: Params, cfg: DpoParams, start_dir: str | Path, base_dir: str | Path, examples: list[dict],
+              out_dir: str | Path, loss_plot: str | Path, stage: str, sections: list[str],
+              sft_weight: float = 0.0) -> DpoResult:
+    """Train the adapter in start_dir (on base_dir) with DPO on TRL preference examples; save the adapter
     to out_dir (atomically) and the per-step log to loss_plot. Under `accelerate launch`
     every process trains its share of each batch and the main process writes. `stage`
     and the params `sections` it reads key its resumable checkpoints (posttrain/resume.py).
@@ -44,9 +45,9 @@ def train_dpo(params: Params, cfg: DpoParams, start: str, examples: list[dict], 
     from peft import PeftModel
     from trl import DPOConfig, DPOTrainer
 
-    base_dir, adapter_dir = checkpoint_dirs(start)
+    base_dir, adapter_dir = checkpoint_dirs(start_dir, base_dir)
     if adapter_dir is None:
-        raise SystemExit(f"checkpoint {start!r} holds no LoRA adapter to continue training")
+        raise CheckpointError(f"checkpoint {Path(start_dir).name!r} holds no LoRA adapter to continue training")
     tokenizer = load_tokenizer(base_dir, padding_side="right")
     policy = PeftModel.from_pretrained(load_base_for_training(base_dir, "none"), adapter_dir, is_trainable=True)
     losses = {"loss_type": [cfg.loss_type]}

@@ -1,6 +1,6 @@
 """The generation engine: one per stage process, the same results interface whatever runs it.
 
-    with open_engine(params.generation, "sft", params.seed) as engine:
+    with open_engine(params.generation, "models/sft", "models/base", params.seed) as engine:
         out = engine.generate(prompts, max_new_tokens=160, temperature=0.0)
 
 `generation.engine` picks what runs the model:
@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from posttrain.config import PARAMS_FILE, GenerationParams
+from posttrain.config import PARAMS_FILE, GenerationParams, SamplingParams
 from posttrain.errors import UserError
 from posttrain.generation import COMPLETE_ANSWER_LINE, GenerationResult, generate
 from posttrain.models import checkpoint_dirs, load_causal_lm, load_tokenizer
@@ -287,13 +287,13 @@ def max_model_len(model_dir: str | Path) -> int:
 
 
 @contextlib.contextmanager
-def open_engine(cfg: GenerationParams, checkpoint: str, seed: int, batch_size: int = 32,
-                models_dir: str | Path = "models"):
-    """The engine for a pipeline checkpoint (models/<checkpoint>), closed on exit so a
-    stage that trains afterwards gets its memory and threads back. batch_size: hf only
-    (vLLM schedules rows itself)."""
+def open_engine(cfg: GenerationParams, checkpoint_dir: str | Path, base_dir: str | Path, seed: int,
+                batch_size: int = 32):
+    """The engine for the pipeline checkpoint in checkpoint_dir (an adapter on base_dir,
+    or a full model), closed on exit so a stage that trains afterwards gets its memory
+    and threads back. batch_size: hf only (vLLM schedules rows itself)."""
     check_engine(cfg)
-    base_dir, adapter_dir = checkpoint_dirs(checkpoint, models_dir)
+    base_dir, adapter_dir = checkpoint_dirs(checkpoint_dir, base_dir)
     started = time.perf_counter()
     engine = (VllmEngine(base_dir, adapter_dir, cfg, seed) if cfg.engine == "vllm"
               else HfEngine(base_dir, adapter_dir, batch_size))
@@ -302,3 +302,13 @@ def open_engine(cfg: GenerationParams, checkpoint: str, seed: int, batch_size: i
         yield engine
     finally:
         engine.close()
+
+
+def sample_groups(cfg: GenerationParams, checkpoint_dir: str | Path, base_dir: str | Path, seed: int,
+                  prompts: list[str], sampling: SamplingParams, n: int, desc: str) -> tuple[list[list[str]], float]:
+    """n sampled GSM completions of each prompt from one checkpoint (stopped once the answer
+    line is complete), grouped by prompt, and the seconds the sampling took."""
+    with open_engine(cfg, checkpoint_dir, base_dir, seed, sampling.batch_size) as engine:
+        out = engine.generate(prompts, sampling.max_new_tokens, sampling.temperature, sampling.top_p,
+                              samples_per_prompt=n, stop_after_answer=True, desc=desc)
+    return [out.completions[i * n : (i + 1) * n] for i in range(len(prompts))], out.seconds

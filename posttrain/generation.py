@@ -96,7 +96,6 @@ def generate(
     from transformers import StoppingCriteriaList
     from tqdm.auto import tqdm
 
-    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     eos = model.generation_config.eos_token_id
     # Rows that finish early are padded; pad counts as an end too (SmolLM2 pads with EOS).
     stop_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id, tokenizer.pad_token_id}
@@ -111,8 +110,9 @@ def generate(
     with torch.inference_mode(), tqdm(total=len(prompts), desc=desc, unit="prompt") as progress:
         for first in range(0, len(order), batch_size):
             indices = order[first : first + batch_size]
-            batch = tokenizer(
-                [prompts[i] for i in indices], return_tensors="pt", padding=True, add_special_tokens=False
+            batch = tokenizer(  # padded on the left: decoder-only models continue from the right edge
+                [prompts[i] for i in indices], return_tensors="pt", padding=True, padding_side="left",
+                add_special_tokens=False
             )
             prompt_length = batch["input_ids"].shape[1]
             stopping = StoppingCriteriaList([AnswerLineStop(tokenizer, prompt_length)] if stop_after_answer else [])

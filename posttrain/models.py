@@ -223,28 +223,26 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-BASE_CHECKPOINT = "base"
+def checkpoint_dirs(directory: str | Path, base_dir: str | Path) -> tuple[Path, Path | None]:
+    """(base directory, adapter directory or None) of the pipeline checkpoint in `directory`.
 
-
-def checkpoint_dirs(name: str, models_dir: str | Path = "models") -> tuple[Path, Path | None]:
-    """(base directory, adapter directory or None) of a pipeline checkpoint.
-
-    Training stages save a LoRA adapter in models/<stage>/ on top of models/base/; a
-    stage that merged its adapter saves a full model there instead. The weights files
-    are checked (present, safetensors header intact) so that a missing or truncated
-    checkpoint is a one-line CheckpointError here rather than a traceback in a loader.
+    Training stages save a LoRA adapter (on top of the model in base_dir) in their own
+    directory; a stage that merged its adapter saves a full model there instead; the
+    base checkpoint is base_dir itself. The weights files are checked (present,
+    safetensors header intact) so that a missing or truncated checkpoint is a one-line
+    CheckpointError here rather than a traceback in a loader. Each directory is named
+    after the stage that writes it (models/<stage>), which the messages use.
     """
-    models_dir = Path(models_dir)
-    base = models_dir / BASE_CHECKPOINT
-    if name != BASE_CHECKPOINT:
-        directory = models_dir / name
+    directory, base = Path(directory), Path(base_dir)
+    name = directory.name
+    if directory != base:
         if (directory / "adapter_config.json").is_file():
-            _check_model_dir(name, base, BASE_CHECKPOINT)
+            _check_model_dir(name, base, base.name)
             _check_weights(name, directory / ADAPTER_WEIGHTS, directory)
             return base, directory
-        _check_model_dir(name, directory, name)
+        _check_model_dir(name, directory, name, own=True)
         return directory, None
-    _check_model_dir(name, base, BASE_CHECKPOINT)
+    _check_model_dir(name, base, base.name)
     return base, None
 
 
@@ -260,13 +258,13 @@ def _checkpoint_error(name: str, directory: Path, stage: str, problem: str) -> C
     )
 
 
-def _check_model_dir(name: str, directory: Path, stage: str) -> None:
-    """A full model directory: config.json plus safetensors weights (one file or shards)."""
+def _check_model_dir(name: str, directory: Path, stage: str, own: bool = False) -> None:
+    """A full model directory: config.json plus safetensors weights (one file or shards).
+    own: the directory is the checkpoint's own, which could have held an adapter instead."""
     if not directory.is_dir():
         raise _checkpoint_error(name, directory, stage, f"{directory} does not exist")
     if not (directory / "config.json").is_file():
-        problem = (f"{directory} holds neither an adapter nor a model" if stage == name and name != BASE_CHECKPOINT
-                   else f"{directory}/config.json is missing")
+        problem = f"{directory} holds neither an adapter nor a model" if own else f"{directory}/config.json is missing"
         raise _checkpoint_error(name, directory, stage, problem)
     index = directory / MODEL_WEIGHTS_INDEX
     if (directory / MODEL_WEIGHTS).exists() or not index.is_file():

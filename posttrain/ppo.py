@@ -166,3 +166,76 @@ def value_head(hidden_size: int):
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
     return head
+
+
+PPO_CHECKPOINT_FILE = "ppo.pt"
+
+
+def train_ppo(model, tokenizer, prompts: list[str], answers: list[str], reward_fn, cfg, log, on_step,
+              start_adapter_dir=None, checkpoints=None, sampler=None) -> tuple[list[dict], int]:
+    """rl.algorithm ppo on a causal LM with a LoRA adapter: the loop of
+    posttrain/reinforce.py's train_reinforce_ema (same sampling, rewards, logging,
+    checkpoints and vLLM sampler), with PPO's update instead of REINFORCE's.
+
+    Each step samples num_generations completions for prompts_per_step prompts, scores
+    them (reward_fn, as for reinforce_ema), and then, with no gradient, takes the
+    sampling policy's log-probs, the reference's (the start adapter, frozen, when
+    rl.beta > 0: the per-token KL penalty; without it there is no penalty) and the value
+    head's estimates on the policy's last hidden states; make_rollout turns them into
+    GAE advantages and returns, and ppo_update runs rl.ppo.epochs passes of clipped
+    updates of the adapter and the value head together. The value head is a linear layer
+    on the policy's own backbone (value_head): the critic costs no second model. Only the
+    policy adapter is the stage's output; the head lives in the resumable checkpoints.
+    Returns the per-step history and the step it resumed from (0: fresh)."""
+    import torch
+
+    from posttrain.reinforce import (REFERENCE_ADAPTER, completion_logprobs, end_step, resume_state, sample_and_score,
+                                     token_logprobs)
+
+    settings = PpoConfig(clip=cfg.epsilon, value_clip=cfg.ppo.value_clip, value_coef=cfg.ppo.value_coef,
+                         kl_coef=cfg.beta, gamma=cfg.ppo.gamma, lam=cfg.ppo.lam, epochs=cfg.ppo.epochs,
+                         minibatches=cfg.ppo.minibatches, max_grad_norm=cfg.max_grad_norm)
+    if cfg.beta:
+        model.load_adapter(start_adapter_dir, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        model.set_adapter("default")
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    head = value_head(model.config.hidden_size)
+    parameters = [*trainable.values(), *head.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=0.0)
+
+    def policy_and_values(input_ids, attention_mask, completion_mask):
+        """Per-token log-probs (sampling temperature) and values, [B, T-1], 0 off the completion."""
+        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        mask = completion_mask[:, 1:]
+        values = head(out.hidden_states[-1][:, :-1].float()).squeeze(-1) * mask
+        return token_logprobs(out.logits, input_ids, completion_mask, cfg.temperature), values
+
+    history: list[dict] = []
+    first_step, state = resume_state(checkpoints, trainable, optimizer, log, PPO_CHECKPOINT_FILE)
+    if state:
+        head.load_state_dict(state["value_head"])
+        history = state["history"]
+    for step in range(first_step, cfg.steps):
+        batch = sample_and_score(model, tokenizer, prompts, answers, reward_fn, cfg, log, step, sampler)
+        sequences, attention_mask, completion_mask = batch.sequences, batch.attention_mask, batch.completion_mask
+        # Eval mode throughout (gradients still flow in the update): LoRA dropout would make
+        # the log-probs those of a perturbed policy, not of the one that sampled.
+        model.eval()
+        with torch.no_grad():
+            old_logprobs, old_values = policy_and_values(sequences, attention_mask, completion_mask)
+            ref_logprobs = old_logprobs
+            if cfg.beta:
+                model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+                ref_logprobs = completion_logprobs(model, sequences, attention_mask, completion_mask, cfg.temperature)
+                model.set_adapter("default")
+        mask = completion_mask[:, 1:].to(old_logprobs.dtype)
+        rollout = make_rollout(torch.tensor(batch.rewards, dtype=old_logprobs.dtype), old_logprobs, ref_logprobs,
+                               old_values, mask, settings)
+        stats = ppo_update(lambda rows: policy_and_values(sequences[rows], attention_mask[rows], completion_mask[rows]),
+                           rollout, optimizer, parameters, settings)
+        metrics = {**batch.metrics, "kl": stats["kl_to_reference"], "loss": stats["policy_loss"],
+                   **{key: stats[key] for key in ("value_loss", "policy_clip_fraction", "value_clip_fraction",
+                                                  "approx_kl")}}
+        end_step(step, metrics, history, on_step, cfg.steps, checkpoints, trainable, optimizer, log,
+                 {"value_head": head.state_dict()}, PPO_CHECKPOINT_FILE)
+    return history, first_step

@@ -46,9 +46,16 @@ def completion_logprobs(model, input_ids, attention_mask, completion_mask, tempe
     The logits are divided by the sampling temperature: the gradient must be that of
     the distribution the completions were actually sampled from.
     """
+    return token_logprobs(model(input_ids=input_ids, attention_mask=attention_mask).logits, input_ids,
+                          completion_mask, temperature)
+
+
+def token_logprobs(logits, input_ids, completion_mask, temperature: float = 1.0):
+    """completion_logprobs from a forward pass's logits [B, T, V] (for a caller that also
+    needs the pass's hidden states)."""
     import torch
 
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float() / temperature
+    logits = logits[:, :-1].float() / temperature
     targets = input_ids[:, 1:]
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return logprobs * completion_mask[:, 1:]
@@ -140,6 +147,45 @@ def sample_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, temp
     return sequences, attention_mask, full_completion_mask, [t.strip() for t in texts], completion_mask.sum(1).tolist()
 
 
+@dataclass
+class ScoredBatch:
+    """One step's samples: the token tensors the update trains on, each completion's
+    reward, and the reward and length figures every algorithm logs."""
+
+    sequences: object
+    attention_mask: object
+    completion_mask: object
+    rewards: list[float]
+    metrics: dict[str, float]
+
+
+def sample_and_score(model, tokenizer, prompts: list[str], answers: list[str], reward_fn, cfg, log, step: int,
+                     sampler=None) -> ScoredBatch:
+    """Step `step`'s batch: num_generations completions for each of prompts_per_step
+    prompts (cycling through them), sampled from the current weights (the sampler synced
+    first), scored by reward_fn and added to the completion log."""
+    picked = [(step * cfg.prompts_per_step + i) % len(prompts) for i in range(cfg.prompts_per_step)]
+    rows = [i for i in picked for _ in range(cfg.num_generations)]
+    batch_answers = [answers[i] for i in rows]
+    if sampler is not None:
+        sampler.sync()  # the weights of the last update (or of the start, or of a resumed checkpoint)
+    sequences, attention_mask, completion_mask, texts, lengths = sample_batch(
+        model, tokenizer, [prompts[i] for i in rows], cfg.max_new_tokens, cfg.temperature, sampler)
+    scored = reward_fn(texts, batch_answers, lengths, rows)
+    rewards = [r for r, _ in scored]
+    log.add(step, texts, batch_answers)
+    groups = [rewards[i : i + cfg.num_generations] for i in range(0, len(rewards), cfg.num_generations)]
+    metrics = {
+        "reward": sum(rewards) / len(rewards),
+        "reward_exact": sum(p["exact"] for _, p in scored) / len(scored),
+        "reward_format": sum(p["format"] for _, p in scored) / len(scored),
+        "reward_model_score": sum(p.get("reward_model", 0.0) for _, p in scored) / len(scored),
+        "mean_completion_length": sum(lengths) / len(lengths),
+        "frac_reward_zero_std": sum(max(g) == min(g) for g in groups) / len(groups),
+    }
+    return ScoredBatch(sequences, attention_mask, completion_mask, rewards, metrics)
+
+
 def train_reinforce_ema(model, tokenizer, prompts: list[str], answers: list[str], reward_fn, cfg, log, on_step,
                         start_adapter_dir=None, checkpoints=None, sampler=None) -> tuple[list[dict], int]:
     """The training loop: each step samples num_generations completions for
@@ -164,63 +210,63 @@ def train_reinforce_ema(model, tokenizer, prompts: list[str], answers: list[str]
     optimizer = torch.optim.AdamW(trainable.values(), lr=cfg.learning_rate, weight_decay=0.0)
     baseline = EmaBaseline(beta=cfg.ema_beta)
     history: list[dict] = []
-    order = list(range(len(prompts)))
-    first_step = 0
-    latest = checkpoints.latest() if checkpoints else None
-    if latest:
-        first_step, path = latest
-        state = torch.load(path / CHECKPOINT_FILE, weights_only=False)
-        with torch.no_grad():
-            for name, value in state["trainable"].items():
-                trainable[name].copy_(value)
-        optimizer.load_state_dict(state["optimizer"])
+    first_step, state = resume_state(checkpoints, trainable, optimizer, log)
+    if state:
         baseline.value = state["baseline"]
         history = state["history"]
-        log.load_state_dict(state["log"])
-        torch.set_rng_state(state["torch_rng"])
-        print(f"{checkpoints.stage}: resuming from step {first_step} ({path}): an earlier run with the same key "
-              "stopped there", flush=True)
     for step in range(first_step, cfg.steps):
-        cursor = step * cfg.prompts_per_step
-        picked = [order[(cursor + i) % len(order)] for i in range(cfg.prompts_per_step)]
-        batch_prompts = [prompts[i] for i in picked for _ in range(cfg.num_generations)]
-        batch_answers = [answers[i] for i in picked for _ in range(cfg.num_generations)]
-        if sampler is not None:
-            sampler.sync()  # the weights of the last update (or of the start, or of a resumed checkpoint)
-        sequences, attention_mask, completion_mask, texts, lengths = sample_batch(
-            model, tokenizer, batch_prompts, cfg.max_new_tokens, cfg.temperature, sampler)
-        scored = reward_fn(texts, batch_answers, lengths, [i for i in picked for _ in range(cfg.num_generations)])
-        rewards = [r for r, _ in scored]
-        log.add(step, texts, batch_answers)
-        stats = reinforce_step(model, optimizer, sequences, attention_mask, completion_mask, rewards, baseline,
-                               kl_coef=cfg.beta, max_grad_norm=cfg.max_grad_norm, temperature=cfg.temperature)
-        groups = [rewards[i : i + cfg.num_generations] for i in range(0, len(rewards), cfg.num_generations)]
-        metrics = {
-            "reward": sum(rewards) / len(rewards),
-            "reward_exact": sum(p["exact"] for _, p in scored) / len(scored),
-            "reward_format": sum(p["format"] for _, p in scored) / len(scored),
-            "reward_model_score": sum(p.get("reward_model", 0.0) for _, p in scored) / len(scored),
-            "kl": stats["kl"],
-            "loss": stats["loss"],
-            "baseline": stats["baseline"],
-            "mean_completion_length": sum(lengths) / len(lengths),
-            "frac_reward_zero_std": sum(max(g) == min(g) for g in groups) / len(groups),
-        }
-        history.append({"step": step + 1, **{k: round(v, 5) for k, v in metrics.items()}})
-        on_step(step + 1, metrics)
-        if checkpoints and checkpoints.every_steps and (step + 1) % checkpoints.every_steps == 0 \
-                and step + 1 < cfg.steps:
-            save_checkpoint(checkpoints, step + 1, {
-                "trainable": {name: p.detach().clone() for name, p in trainable.items()},
-                "optimizer": optimizer.state_dict(), "baseline": baseline.value, "history": history,
-                "log": log.state_dict(), "torch_rng": torch.get_rng_state()})
+        batch = sample_and_score(model, tokenizer, prompts, answers, reward_fn, cfg, log, step, sampler)
+        stats = reinforce_step(model, optimizer, batch.sequences, batch.attention_mask, batch.completion_mask,
+                               batch.rewards, baseline, kl_coef=cfg.beta, max_grad_norm=cfg.max_grad_norm,
+                               temperature=cfg.temperature)
+        metrics = {**batch.metrics, "kl": stats["kl"], "loss": stats["loss"], "baseline": stats["baseline"]}
+        end_step(step, metrics, history, on_step, cfg.steps, checkpoints, trainable, optimizer, log,
+                 {"baseline": baseline.value})
     return history, first_step
 
 
 CHECKPOINT_FILE = "reinforce_ema.pt"
 
 
-def save_checkpoint(checkpoints, step: int, state: dict) -> None:
+def end_step(step: int, metrics: dict, history: list[dict], on_step, steps: int, checkpoints, trainable: dict,
+             optimizer, log, extra_state: dict, filename: str = CHECKPOINT_FILE) -> None:
+    """After step `step` (0-based): its metrics into the history and to on_step, and every
+    checkpoints.every_steps steps (not after the last) a resumable checkpoint holding the
+    trainable weights, optimizer, history, completion log, torch's RNG and extra_state."""
+    import torch
+
+    history.append({"step": step + 1, **{k: round(v, 5) for k, v in metrics.items()}})
+    on_step(step + 1, metrics)
+    if checkpoints and checkpoints.every_steps and (step + 1) % checkpoints.every_steps == 0 and step + 1 < steps:
+        save_checkpoint(checkpoints, step + 1, {
+            "trainable": {name: p.detach().clone() for name, p in trainable.items()},
+            "optimizer": optimizer.state_dict(), "history": history, "log": log.state_dict(),
+            "torch_rng": torch.get_rng_state(), **extra_state}, filename)
+
+
+def resume_state(checkpoints, trainable: dict, optimizer, log, filename: str = CHECKPOINT_FILE) -> tuple[int, dict]:
+    """(step, state) of this run's newest resumable checkpoint, with the trainable weights,
+    the optimizer, the completion log and torch's RNG already restored from it; (0, {})
+    when there is none. The caller restores the rest of `state` (baseline, history, ...)."""
+    import torch
+
+    latest = checkpoints.latest() if checkpoints else None
+    if not latest:
+        return 0, {}
+    step, path = latest
+    state = torch.load(path / filename, weights_only=False)
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            trainable[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    log.load_state_dict(state["log"])
+    torch.set_rng_state(state["torch_rng"])
+    print(f"{checkpoints.stage}: resuming from step {step} ({path}): an earlier run with the same key stopped there",
+          flush=True)
+    return step, state
+
+
+def save_checkpoint(checkpoints, step: int, state: dict, filename: str = CHECKPOINT_FILE) -> None:
     """checkpoint-<step>/ written whole (a temporary directory renamed), then older ones removed."""
     import json
     import os
@@ -234,7 +280,7 @@ def save_checkpoint(checkpoints, step: int, state: dict) -> None:
     tmp = checkpoints.directory / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save(state, tmp / CHECKPOINT_FILE)
+    torch.save(state, tmp / filename)
     (tmp / LEDGER).write_text(json.dumps({"step": step}))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

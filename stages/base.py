@@ -1,6 +1,6 @@
-"""Stage `base`: resolve model.source into a normal Hugging Face directory, models/base/.
+"""Stage `base`: resolve model.source into a normal Hugging Face directory.
 
-    PYTHONPATH=. python stages/base.py
+    PYTHONPATH=. python stages/base.py --out models/base --metrics metrics/base.json
 
 Reads params: seed, model, runtime, tracking. The packaged SmolLM2 GGUF is dequantised
 here once, so no later stage pays for it.
@@ -8,25 +8,24 @@ here once, so no later stage pays for it.
 
 import time
 
-from posttrain.config import load_params
+from posttrain.config import load_params, stage_arguments
 
+args = stage_arguments(__doc__, out="the model directory to write", metrics="metrics JSON to write")
 params = load_params()  # fails fast, before torch is imported
 
 from posttrain import runtime, tracking  # noqa: E402
 from posttrain.io import atomic_dir, write_json  # noqa: E402
 from posttrain.models import ModelSourceError, count_parameters, resolve_base, save_checkpoint  # noqa: E402
 
-OUT_DIR = "models/base"
-METRICS_FILE = "metrics/base.json"
-
+SECTIONS = ["seed", "model"]  # the params sections this stage reads
 runtime.setup(params.runtime, params.seed)
-with tracking.stage_run("base", params, ["seed", "model"]):
+with tracking.stage_run("base", params, SECTIONS):
     started = time.perf_counter()
     try:
         model, tokenizer = resolve_base(params.model, params.seed)
     except ModelSourceError as exc:
         raise SystemExit(str(exc)) from None
-    with atomic_dir(OUT_DIR) as tmp:
+    with atomic_dir(args.out) as tmp:
         save_checkpoint(model, tokenizer, tmp)
     metrics = {
         "source": params.model.source,
@@ -35,6 +34,6 @@ with tracking.stage_run("base", params, ["seed", "model"]):
         "vocab_size": len(tokenizer),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    write_json(METRICS_FILE, metrics)
+    write_json(args.metrics, metrics)
     tracking.log_metrics({"parameters": metrics["parameters"], "seconds": metrics["seconds"]})
-    print(f"base: {metrics['source']} -> {OUT_DIR} ({metrics['parameters']:,} parameters, {metrics['seconds']} s)")
+    print(f"base: {metrics['source']} -> {args.out} ({metrics['parameters']:,} parameters, {metrics['seconds']} s)")

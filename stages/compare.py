@@ -23,15 +23,16 @@ import argparse
 import json
 from pathlib import Path
 
+from posttrain.config import add_checkpoint_arguments, checkpoint_starts
+
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint names in pipeline order, base first")
-parser.add_argument("--start", action="append", default=[], metavar="NAME=START",
-                    help="also report NAME's change from START, the checkpoint it was trained from")
+add_checkpoint_arguments(parser)
 parser.add_argument("--evaluations", required=True, type=Path, help="directory of <checkpoint>.json (stage evaluate)")
 parser.add_argument("--graded", required=True, type=Path, help="directory of <checkpoint>.jsonl, every graded item")
 parser.add_argument("--out", required=True, type=Path, help="the comparison, JSON")
 parser.add_argument("--scorecard", required=True, type=Path, help="one CSV row per checkpoint, for the per-stage plots")
 args = parser.parse_args()
+starts = checkpoint_starts(parser, args)
 
 from posttrain.evaluation import HEADLINE, headline, refused, scorecard  # noqa: E402
 from posttrain.io import read_jsonl, write_json  # noqa: E402
@@ -41,10 +42,7 @@ from posttrain.training import write_rows_csv  # noqa: E402
 evaluations = {name: json.loads((args.evaluations / f"{name}.json").read_text()) for name in args.checkpoints}
 rows = {name: headline(metrics) for name, metrics in evaluations.items()}
 card = scorecard(rows)
-for pair in args.start:
-    name, _, start = pair.partition("=")
-    if name not in rows or start not in rows:
-        parser.error(f"--start {pair}: both checkpoints must be among {', '.join(rows)}")
+for name, start in starts.items():
     card[name]["start"] = start
     card[name]["delta_vs_start"] = scorecard({start: rows[start], name: rows[name]})[name]["delta_vs_base"]
 

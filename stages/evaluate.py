@@ -1,6 +1,8 @@
 """Stage `evaluate@<checkpoint>`: what one checkpoint can do, each rate with its interval.
 
-    PYTHONPATH=. python stages/evaluate.py base
+    PYTHONPATH=. python stages/evaluate.py --base models/base --checkpoint models/sft \
+        --test data/prepared/test.jsonl --safety-test data/prepared/safety_test.jsonl \
+        --metrics metrics/eval/sft.json --graded data/eval/sft.jsonl
 
 Reads params: seed, prompt, evaluate, generation, runtime, tracking. Measures, each
 task switchable in params:
@@ -16,18 +18,19 @@ task switchable in params:
 Every rate carries its n and 95% Wilson interval (<rate>_ci95_low/high). The first three
 generate with the engine (generation.*); the benchmarks are scored by the same engine
 (vLLM's prompt log-probabilities, or the hf engine's transformers model). Writes
-metrics/eval/<checkpoint>.json and every graded item to data/eval/<checkpoint>.jsonl,
-which stage compare pairs across checkpoints.
+METRICS and every graded item to GRADED, which stage compare pairs across checkpoints.
+The checkpoint is named by its directory (models/<name>).
 """
 
-import argparse
+from posttrain.config import load_params, stage_arguments
 
-from posttrain.config import load_params
-
-parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("checkpoint", help="base, or a training stage whose output is in models/<name>")
-args = parser.parse_args()
+args = stage_arguments(__doc__, base="the base model (stage base)",
+                       checkpoint="the checkpoint to evaluate: the base model, an adapter on it, or a full model",
+                       test="the GSM test problems, JSONL (stage prepare)",
+                       safety_test="the safety test prompts, JSONL (stage prepare)",
+                       metrics="metrics JSON to write", graded="every graded item, JSONL to write")
 params = load_params()
+checkpoint_name = args.checkpoint.name
 from posttrain.engine import exit_unless_available, open_engine  # noqa: E402
 
 exit_unless_available(params.generation)
@@ -39,9 +42,7 @@ from posttrain.io import GSM_RECORD, SAFETY_PROMPT, read_jsonl, write_json, writ
 from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.stats import rate_summary  # noqa: E402
 
-DATA_DIR = "data/prepared"
-METRICS_FILE = f"metrics/eval/{args.checkpoint}.json"
-COMPLETIONS_FILE = f"data/eval/{args.checkpoint}.jsonl"
+SECTIONS = ["seed", "prompt", "evaluate", "generation"]  # the params sections this stage reads
 cfg = params.evaluate
 
 
@@ -55,11 +56,11 @@ def with_intervals(metrics: dict, flags: dict[str, list[bool]]) -> dict:
 
 
 threads = runtime.setup(params.runtime, params.seed)
-with tracking.stage_run(f"evaluate@{args.checkpoint}", params, ["seed", "prompt", "evaluate", "generation"]):
+with tracking.stage_run(f"evaluate@{checkpoint_name}", params, SECTIONS):
     # Every input is read before the engine starts: a missing or damaged one fails in seconds.
-    base_dir, _ = checkpoint_dirs(args.checkpoint)  # fails in one line when the checkpoint is missing
-    problems = read_jsonl(f"{DATA_DIR}/test.jsonl", GSM_RECORD)[: cfg.gsm_limit]
-    safety_prompts = read_jsonl(f"{DATA_DIR}/safety_test.jsonl", SAFETY_PROMPT)[: cfg.safety_limit]
+    base_dir, _ = checkpoint_dirs(args.checkpoint, args.base)  # fails in one line when the checkpoint is missing
+    problems = read_jsonl(args.test, GSM_RECORD)[: cfg.gsm_limit]
+    safety_prompts = read_jsonl(args.safety_test, SAFETY_PROMPT)[: cfg.safety_limit]
     follow = cfg.instructions
     if follow.prompts:
         from posttrain.instructions import load_prompts, make_prompts, score
@@ -72,8 +73,8 @@ with tracking.stage_run(f"evaluate@{args.checkpoint}", params, ["seed", "prompt"
 
         benchmark_items = {task: load_task(task, general.limit, params.seed) for task in general.tasks}
     tokenizer = load_tokenizer(base_dir)
-    rows, metrics = [], {"checkpoint": args.checkpoint}
-    with open_engine(params.generation, args.checkpoint, params.seed, cfg.batch_size) as engine:
+    rows, metrics = [], {"checkpoint": checkpoint_name}
+    with open_engine(params.generation, args.checkpoint, args.base, params.seed, cfg.batch_size) as engine:
         # Every generating task in one engine call (continuous batching across them).
         groups = [(render_prompts(tokenizer, [gsm_messages(p["question"], params.prompt) for p in problems]),
                    cfg.max_new_tokens, True),
@@ -82,7 +83,7 @@ with tracking.stage_run(f"evaluate@{args.checkpoint}", params, ["seed", "prompt"
         if follow.prompts:
             groups.append((render_prompts(tokenizer, [chat_messages(r["prompt"], params.prompt) for r in records]),
                            follow.max_new_tokens, False))
-        outputs = engine.generate_groups(groups, cfg.temperature, cfg.top_p, f"evaluate {args.checkpoint}")
+        outputs = engine.generate_groups(groups, cfg.temperature, cfg.top_p, f"evaluate {checkpoint_name}")
         gsm_out, safety_out = outputs[0], outputs[1]
 
         gsm_metrics, gsm_rows = score_gsm(problems, gsm_out.completions, gsm_out.completion_tokens)
@@ -140,16 +141,16 @@ with tracking.stage_run(f"evaluate@{args.checkpoint}", params, ["seed", "prompt"
                              "seconds": round(seconds, 1), "startup_seconds": engine.startup_seconds,
                              "threads": threads}
 
-    write_json(METRICS_FILE, metrics)
-    write_jsonl(COMPLETIONS_FILE, rows)
+    write_json(args.metrics, metrics)
+    write_jsonl(args.graded, rows)
     tracking.log_metrics({k: v for k, v in metrics.items() if k != "checkpoint"})
-    tracking.log_artifact(METRICS_FILE)
-    tracking.log_artifact(COMPLETIONS_FILE)
+    tracking.log_artifact(args.metrics)
+    tracking.log_artifact(args.graded)
     g, s = metrics["gsm"], metrics["safety"]
     extra = "".join(f" | {task} {m['accuracy']:.3f}" for task, m in metrics.get("general", {}).items()
                     if isinstance(m, dict))
     if "instructions" in metrics:
         extra += f" | instructions {metrics['instructions']['prompt_level_strict_acc']:.3f}"
-    print(f"evaluate@{args.checkpoint}: strict {g['strict_accuracy']:.3f} flexible {g['flexible_accuracy']:.3f} "
+    print(f"evaluate@{checkpoint_name}: strict {g['strict_accuracy']:.3f} flexible {g['flexible_accuracy']:.3f} "
           f"format {g['format_rate']:.3f} | refusal {s['refusal_rate']:.3f} over-refusal "
           f"{s['over_refusal_rate']:.3f}{extra} | {metrics['generation']['tokens_per_second']} tok/s")

@@ -1,21 +1,25 @@
 """Stage `preferences`: preference pairs by rejection sampling from the SFT policy.
 
-    PYTHONPATH=. python stages/preferences.py
+    PYTHONPATH=. python stages/preferences.py --base models/base --policy models/sft \
+        --prompts data/prepared/rl.jsonl --out data/preferences --metrics metrics/preferences.json
 
 Reads params: seed, prompt, preferences, generation. Samples K completions per RL prompt from the
-SFT checkpoint, grades each with the GSM verifier, and pairs a correct completion
+POLICY checkpoint (SFT), grades each with the GSM verifier, and pairs a correct completion
 (chosen) with an incorrect one (rejected) for the same prompt (STaR / ReST); groups
 without contrast fall back as params say (posttrain/preferences.py). Writes
-data/preferences/{train,held_out}.jsonl and metrics/preferences.json.
+OUT/{train,held_out}.jsonl and METRICS.
 """
 
 import random
 from collections import Counter
 
-from posttrain.config import load_params
+from posttrain.config import load_params, stage_arguments
 
+args = stage_arguments(__doc__, base="the base model (stage base)", policy="the checkpoint to sample",
+                       prompts="GSM prompts, JSONL (stage prepare)", out="directory of the pairs to write",
+                       metrics="metrics JSON to write")
 params = load_params()
-from posttrain.engine import exit_unless_available, open_engine  # noqa: E402
+from posttrain.engine import exit_unless_available, sample_groups  # noqa: E402
 
 exit_unless_available(params.generation)
 
@@ -26,23 +30,17 @@ from posttrain.io import GSM_RECORD, atomic_dir, read_jsonl, write_json, write_j
 from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.preferences import pairs_for_prompt, split_by_prompt  # noqa: E402
 
-POLICY = "sft"
-PROMPTS_FILE = "data/prepared/rl.jsonl"
-OUT_DIR = "data/preferences"
-METRICS_FILE = "metrics/preferences.json"
+SECTIONS = ["seed", "prompt", "preferences", "generation"]  # the params sections this stage reads
 cfg = params.preferences
 
 runtime.setup(params.runtime, params.seed)
-with tracking.stage_run("preferences", params, ["seed", "prompt", "preferences", "generation"]):
-    records = read_jsonl(PROMPTS_FILE, GSM_RECORD)[: cfg.num_prompts]
-    tokenizer = load_tokenizer(checkpoint_dirs(POLICY)[0])
+with tracking.stage_run("preferences", params, SECTIONS):
+    records = read_jsonl(args.prompts, GSM_RECORD)[: cfg.num_prompts]
+    tokenizer = load_tokenizer(checkpoint_dirs(args.policy, args.base)[0])
     k = cfg.samples_per_prompt
     prompts = render_prompts(tokenizer, [gsm_messages(r["question"], params.prompt) for r in records])
-    s = cfg.sampling
-    with open_engine(params.generation, POLICY, params.seed, s.batch_size) as engine:
-        out = engine.generate(prompts, s.max_new_tokens, s.temperature, s.top_p, samples_per_prompt=k,
-                              stop_after_answer=True, desc="sampling")
-    groups = [out.completions[i * k : (i + 1) * k] for i in range(len(records))]
+    groups, sampling_seconds = sample_groups(params.generation, args.policy, args.base, params.seed, prompts,
+                                             cfg.sampling, k, desc="sampling")
 
     rng = random.Random(params.seed)
     pairs, group_kinds = [], Counter()
@@ -55,7 +53,7 @@ with tracking.stage_run("preferences", params, ["seed", "prompt", "preferences",
         raise SystemExit(f"preferences: only {len(pairs)} pairs from {len(records)} prompts; raise "
                          "preferences.num_prompts or samples_per_prompt, or allow the fallbacks")
 
-    with atomic_dir(OUT_DIR) as tmp:
+    with atomic_dir(args.out) as tmp:
         write_jsonl(tmp / "train.jsonl", [p.as_dict() for p in train])
         write_jsonl(tmp / "held_out.jsonl", [p.as_dict() for p in held_out])
     all_samples = [sample for group in groups for sample in group]
@@ -67,8 +65,8 @@ with tracking.stage_run("preferences", params, ["seed", "prompt", "preferences",
         "groups": dict(group_kinds),
         "pairs": {"train": len(train), "held_out": len(held_out)},
         "pairs_by_source": dict(Counter(p.source for p in pairs)),
-        "sampling_seconds": round(out.seconds, 1),
+        "sampling_seconds": round(sampling_seconds, 1),
     }
-    write_json(METRICS_FILE, metrics)
+    write_json(args.metrics, metrics)
     tracking.log_metrics(metrics)
     print(f"preferences: {metrics['pairs']} pairs, by source {metrics['pairs_by_source']}, groups {metrics['groups']}")

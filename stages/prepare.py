@@ -1,32 +1,31 @@
 """Stage `prepare`: GSM splits and safety sets that every later stage reads.
 
-    PYTHONPATH=. python stages/prepare.py
+    PYTHONPATH=. python stages/prepare.py --out data/prepared --metrics metrics/data.json
 
-Reads params: seed, data, tracking. Writes data/prepared/
+Reads params: seed, data, tracking. Writes the directory OUT:
     sft.jsonl    supervised fine-tuning problems
     rl.jsonl     prompts for preference sampling and RL
     test.jsonl   held out: no training stage ever reads it
     safety_train.jsonl, safety_test.jsonl
-and metrics/data.json (counts, lengths, what was skipped and why).
+and METRICS (counts, lengths, what was skipped and why).
 """
 
 import sys
 from collections import Counter
 from statistics import mean
 
-from posttrain.config import load_params
+from posttrain.config import load_params, stage_arguments
 
+args = stage_arguments(__doc__, out="directory of the prepared splits", metrics="metrics JSON to write")
 params = load_params()
 
 from posttrain import tracking  # noqa: E402
 from posttrain.data import DataError, prepare_gsm  # noqa: E402
 from posttrain.io import atomic_dir, write_json, write_jsonl  # noqa: E402
-from posttrain.safety import SafetyDataError, load_safety_prompts, split_safety  # noqa: E402
+from posttrain.safety_data import SafetyDataError, load_safety_prompts, split_safety  # noqa: E402
 
-OUT_DIR = "data/prepared"
-METRICS_FILE = "metrics/data.json"
-
-with tracking.stage_run("prepare", params, ["seed", "data"]):
+SECTIONS = ["seed", "data"]  # the params sections this stage reads
+with tracking.stage_run("prepare", params, SECTIONS):
     try:
         gsm = prepare_gsm(params.data, params.seed)
         safety_train, safety_test = split_safety(
@@ -47,7 +46,7 @@ with tracking.stage_run("prepare", params, ["seed", "data"]):
             print(f"  e.g. {example}", file=sys.stderr)
 
     splits = {"sft": gsm.sft, "rl": gsm.rl, "test": gsm.test}
-    with atomic_dir(OUT_DIR) as tmp:
+    with atomic_dir(args.out) as tmp:
         for name, records in splits.items():
             write_jsonl(tmp / f"{name}.jsonl", records)
         write_jsonl(tmp / "safety_train.jsonl", safety_train)
@@ -72,7 +71,7 @@ with tracking.stage_run("prepare", params, ["seed", "data"]):
                    "test_held_out_subtypes": kinds([r for r in safety_test if r.get("held_out_subtype")]),
                    "categories": len({row["category"] for row in safety_train + safety_test})},
     }
-    write_json(METRICS_FILE, metrics)
+    write_json(args.metrics, metrics)
     tracking.log_metrics({k: metrics[k] for k in ("records_read", "skipped", "duplicates_dropped", "splits")})
-    tracking.log_artifact(METRICS_FILE)
+    tracking.log_artifact(args.metrics)
     print(f"prepare: {metrics['splits']} from {params.data.source}; safety {metrics['safety']}")

@@ -28,6 +28,8 @@ import os
 import sys
 from pathlib import Path
 
+from posttrain.config import add_checkpoint_arguments, checkpoint_starts
+
 # Columns drawn per training log, one panel each. The first column must be in the log;
 # the others are drawn where it has them. "a|b": whichever of a, b it has (the RL
 # algorithms name some columns differently).
@@ -43,9 +45,7 @@ DEFAULT_COLUMNS = ["loss"]
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,  # --rl is a curve
                                  epilog="Any other --<stage> CSV is that stage's training log, drawn as a curve.")
-parser.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint names in pipeline order, base first")
-parser.add_argument("--start", action="append", default=[], metavar="CHECKPOINT=START",
-                    help="report the alignment tax of CHECKPOINT against START (both among the checkpoints)")
+add_checkpoint_arguments(parser)
 parser.add_argument("--evaluations", required=True, type=Path, help="directory of <checkpoint>.json (stage evaluate)")
 parser.add_argument("--compare", required=True, type=Path, help="intervals and paired tests (stage compare)")
 parser.add_argument("--reward-model", required=True, type=Path, help="reward model numbers (stage reward_model)")
@@ -70,12 +70,7 @@ from posttrain.report import (alignment_tax, best_of_n_line, csv_columns, image,
 LINK = Path(os.path.relpath(args.images, args.out.parent))  # image links are relative to the markdown file
 
 # 1. What to report, checked before anything is read.
-if len(set(args.checkpoints)) < len(args.checkpoints):
-    parser.error(f"a checkpoint is named twice: {' '.join(args.checkpoints)}")
-starts = dict(pair.partition("=")[::2] for pair in args.start)
-for checkpoint, start in starts.items():
-    if checkpoint not in args.checkpoints or start not in args.checkpoints:
-        parser.error(f"--start {checkpoint}={start}: both must be among the checkpoints {' '.join(args.checkpoints)}")
+starts = checkpoint_starts(parser, args)
 if "rl" in args.checkpoints and args.rl_monitors is None:
     parser.error("--rl-monitors: required when rl is among the checkpoints")
 

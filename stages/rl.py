@@ -1,15 +1,19 @@
 """Stage `rl`: reinforcement learning on the verifiable GSM reward.
 
-    PYTHONPATH=. python -m posttrain.launch stages/rl.py
+    PYTHONPATH=. python -m posttrain.launch stages/rl.py --base models/base --start models/sft \
+        --prompts data/prepared/rl.jsonl --reward-model models/reward_model --reward-start models/sft \
+        --out models/rl --metrics metrics/rl.json --log metrics/rl/log.csv --held-out-log metrics/rl/held_out.csv
 
-Reads params: seed, prompt, rl, generation. Starts from the rl.start checkpoint's LoRA adapter
+Reads params: seed, prompt, rl, generation. Starts from the rl.start checkpoint's (START) LoRA adapter
 (sft or dpo) and trains it further with rl.algorithm:
 - grpo, dr_grpo, dapo, gspo: TRL's GRPOTrainer (posttrain/rl.py maps each to its settings);
 - rloo: TRL's RLOOTrainer;
-- reinforce_ema: our REINFORCE with an EMA baseline (posttrain/reinforce.py).
-Every algorithm uses the same reward (posttrain/rewards.py). Writes the adapter to
-models/rl/, per-step reward parts, KL, length and zero-variance share to
-metrics/rl/log.csv (a plot), and metrics/rl.json with the failure-mode monitors.
+- reinforce_ema: our REINFORCE with an EMA baseline (posttrain/reinforce.py);
+- ppo: our PPO with a value head on the policy's backbone, GAE and a KL penalty (posttrain/ppo.py).
+Every algorithm uses the same reward (posttrain/rewards.py; the reward model's score
+only when rl.reward.reward_model > 0). Writes the adapter to OUT, per-step reward
+parts, KL, length and zero-variance share to LOG (a plot), the held-out accuracy per
+step to HELD_OUT_LOG, and METRICS with the failure-mode monitors.
 Under `accelerate launch` (params launch.*; TRL algorithms only) every process samples
 and trains on its share of each step and the main process alone writes; its monitors
 then cover the main process's samples. rl.vllm (default) samples with vLLM in this process
@@ -21,14 +25,23 @@ import functools
 import os
 import time
 
-from posttrain.config import PARAMS_FILE, load_params
+from posttrain.config import OWN_ALGORITHMS, PARAMS_FILE, load_params, stage_arguments
 from posttrain.rl import vllm_arguments
 
+args = stage_arguments(__doc__, base="the base model (stage base)",
+                       start="the adapter checkpoint to train (models/<rl.start>)",
+                       prompts="GSM prompts, JSONL (stage prepare): the first rl.num_prompts train, the last "
+                               "rl.held_out_prompts are the held-out monitor",
+                       reward_model="the reward adapter and score head (stage reward_model)",
+                       reward_start="the checkpoint the reward model was trained on (models/<reward_model.start>)",
+                       out="the adapter directory to write", metrics="metrics JSON to write",
+                       log="per-step reward and monitor CSV to write",
+                       held_out_log="per-step held-out accuracy CSV to write")
 params = load_params()
 vllm = vllm_arguments(params.rl)  # exits at once when rl.vllm is set but vLLM is not installed
 processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
-if params.rl.algorithm == "reinforce_ema" and processes > 1:
-    raise SystemExit(f"{PARAMS_FILE}: launch.processes: rl.algorithm reinforce_ema trains in one process; "
+if params.rl.algorithm in OWN_ALGORITHMS and processes > 1:
+    raise SystemExit(f"{PARAMS_FILE}: launch.processes: rl.algorithm {params.rl.algorithm} trains in one process; "
                      "set launch.processes: 1 or use a TRL algorithm (grpo, dr_grpo, dapo, gspo, rloo)")
 
 from posttrain import resume, runtime, tracking  # noqa: E402
@@ -41,46 +54,41 @@ from posttrain.rl import (  # noqa: E402
 from posttrain.training import (  # noqa: E402
     checkpoints_for, load_base_for_training, save_adapter, trainer_arguments_basic, write_rows_csv)
 
-OUT_DIR = "models/rl"
-METRICS_FILE = "metrics/rl.json"
-LOG_PLOT = "metrics/rl/log.csv"
-HELD_OUT_PLOT = "metrics/rl/held_out.csv"  # step, held-out accuracy: read beside log.csv's reward
 SECTIONS = ["seed", "prompt", "rl", "generation"]  # the params sections this stage reads
 cfg = params.rl
 weights = RewardWeights(**cfg.reward.model_dump())
-REWARD_MODEL_DIR = "models/reward_model"
-REWARD_INIT_CHECKPOINT = "sft"  # the reward model's backbone (see stages/reward_model.py)
 
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("rl", params, SECTIONS):
     from peft import PeftModel
 
-    rl_split = read_jsonl("data/prepared/rl.jsonl", GSM_RECORD)
+    rl_split = read_jsonl(args.prompts, GSM_RECORD)
     if cfg.num_prompts + cfg.held_out_prompts > len(rl_split):
         raise SystemExit(f"rl: num_prompts + held_out_prompts = {cfg.num_prompts + cfg.held_out_prompts} exceed the "
-                         f"{len(rl_split)} prompts of data/prepared/rl.jsonl (data.split.rl)")
+                         f"{len(rl_split)} prompts of {args.prompts} (data.split.rl)")
     records = rl_split[: cfg.num_prompts]
     # Never trained on: the held-out monitor (accuracy beside the training reward).
     held_out = rl_split[len(rl_split) - cfg.held_out_prompts:] if cfg.held_out_prompts else []
-    if held_out and cfg.algorithm == "reinforce_ema":
-        print("rl: reinforce_ema has no held-out monitor; rl.held_out_prompts is not used")
+    if held_out and cfg.algorithm in OWN_ALGORITHMS:
+        print(f"rl: {cfg.algorithm} has no held-out monitor; rl.held_out_prompts is not used")
         held_out = []
-    base_dir, adapter_dir = checkpoint_dirs(cfg.start)
+    base_dir, adapter_dir = checkpoint_dirs(args.start, args.base)
     tokenizer = load_tokenizer(base_dir)
     policy = PeftModel.from_pretrained(load_base_for_training(base_dir, "none"), adapter_dir, is_trainable=True)
     completion_log, history, held_out_history = CompletionLog(), [], []
     held_out_clock = {"seconds": 0.0}  # the held-out monitor's time in this process
     score_with_reward_model = None
     if weights.reward_model:  # optional term: the reward model's score of (prompt, completion)
-        from posttrain.evaluation import score_texts
+        from posttrain.reward_model import score_texts
         from posttrain.models import load_reward_model
 
-        reward_base, reward_init = checkpoint_dirs(REWARD_INIT_CHECKPOINT)
-        reward_model = load_reward_model(reward_base, reward_init, REWARD_MODEL_DIR, tokenizer.pad_token_id)
+        reward_base, reward_init = checkpoint_dirs(args.reward_start, args.base)
+        reward_model = load_reward_model(reward_base, reward_init, args.reward_model, tokenizer.pad_token_id)
         score_with_reward_model = functools.partial(score_texts, reward_model, tokenizer)
 
     started = time.perf_counter()
-    if cfg.algorithm == "reinforce_ema":
+    if cfg.algorithm in OWN_ALGORITHMS:
+        from posttrain.ppo import train_ppo
         from posttrain.reinforce import train_reinforce_ema
 
         def reward_fn(completions, answers, n_tokens, prompt_indices):
@@ -98,7 +106,9 @@ with tracking.stage_run("rl", params, SECTIONS):
 
         def on_step(step, metrics):
             tracking.log_metrics(metrics, step=step)
-            print(f"rl step {step}/{cfg.steps}: reward {metrics['reward']:.3f} baseline {metrics['baseline']:.3f}")
+            critic = (f"baseline {metrics['baseline']:.3f}" if "baseline" in metrics
+                      else f"value loss {metrics['value_loss']:.4f}")
+            print(f"rl step {step}/{cfg.steps}: reward {metrics['reward']:.3f} {critic}")
 
         prompts = render_prompts(tokenizer, [gsm_messages(r["question"], params.prompt) for r in records])
         checkpoints = checkpoints_for("rl", params, SECTIONS, records, [base_dir, adapter_dir])
@@ -108,7 +118,8 @@ with tracking.stage_run("rl", params, SECTIONS):
 
             sampler = VllmSampler(policy, base_dir, params.generation, params.seed,
                                   cfg.prompts_per_step * cfg.num_generations)
-        history, resumed_from_step = train_reinforce_ema(
+        train = train_ppo if cfg.algorithm == "ppo" else train_reinforce_ema
+        history, resumed_from_step = train(
             policy, tokenizer, prompts, [r["answer"] for r in records], reward_fn, cfg, completion_log, on_step,
             start_adapter_dir=adapter_dir, checkpoints=checkpoints, sampler=sampler)
     else:
@@ -179,16 +190,16 @@ with tracking.stage_run("rl", params, SECTIONS):
     seconds = time.perf_counter() - started
     held_out_seconds = held_out_clock["seconds"]
 
-    if cfg.algorithm == "reinforce_ema":  # one process
-        with atomic_dir(OUT_DIR) as out:
+    if cfg.algorithm in OWN_ALGORITHMS:  # one process
+        with atomic_dir(args.out) as out:
             policy.save_pretrained(out, selected_adapters=["default"])
         checkpoints.remove()
     else:
-        save_adapter(trainer, OUT_DIR, checkpoints, selected_adapters=["default"])  # every process takes part
+        save_adapter(trainer, args.out, checkpoints, selected_adapters=["default"])  # every process takes part
         if not trainer.accelerator.is_main_process:
             raise SystemExit(0)  # trained its share; the main process writes
-    write_rows_csv(LOG_PLOT, history)
-    write_rows_csv(HELD_OUT_PLOT, held_out_history)
+    write_rows_csv(args.log, history)
+    write_rows_csv(args.held_out_log, held_out_history)  # read beside LOG's reward
     drift = drift_report(completion_log)
     metrics = {
         "algorithm": cfg.algorithm,
@@ -213,7 +224,7 @@ with tracking.stage_run("rl", params, SECTIONS):
                  if "sampling/sampling_logp_difference/max" in row]
     if logp_gaps:
         metrics["sampling_logp_difference_max"] = round(max(logp_gaps), 5)
-    write_json(METRICS_FILE, metrics)
+    write_json(args.metrics, metrics)
     tracking.log_metrics({"seconds": seconds, "seconds_per_step": metrics["seconds_per_step"], "monitors": drift})
     print(f"rl ({cfg.algorithm}): {cfg.steps} steps in {metrics['seconds']} s, reward "
           f"{metrics['first_step_reward']} -> {metrics['last_step_reward']}")

@@ -1,31 +1,46 @@
 """Stage `safety`: refusal alignment by DPO, on top of a trained checkpoint.
 
-    PYTHONPATH=. python -m posttrain.launch stages/safety.py
+    PYTHONPATH=. python -m posttrain.launch stages/safety.py --base models/base --start models/rl \
+        --prompts data/prepared/safety_train.jsonl --gsm-prompts data/prepared/rl.jsonl \
+        --gsm-pairs data/preferences/train.jsonl --out models/safety --pairs data/safety/pairs.jsonl \
+        --metrics metrics/safety.json --log metrics/safety/loss.csv
 
-Reads params: seed, prompt, safety, generation, launch. From the `safety.start` checkpoint (RL by default):
-1. sample the start policy on the safety training prompts, classify each completion
-   (posttrain/refusal.py) as refusal, partial or compliance, and build pairs
+Reads params: seed, prompt, safety, generation, launch. From the START checkpoint
+(models/<safety.start>, RL by default):
+1. sample the start policy on the safety training prompts (PROMPTS), classify each
+   completion (posttrain/refusal.py) as refusal, partial or compliance, and build pairs
    (posttrain/safety.py): harmful prompt -> curated brief refusal over the policy's
    complying completion; benign look-alike -> curated helpful answer over a refusal
    (the policy's own, else a stock one);
 2. mix in a replay share of GSM pairs so math does not regress: by default from the
-   start policy's own samples on GSM training prompts (on-policy), graded by the verifier;
+   start policy's own samples on GSM training prompts (GSM_PROMPTS, on-policy), graded
+   by the verifier; or stage preferences' pairs (GSM_PAIRS);
 3. shuffle them together;
 4. continue the start adapter with DPO, the start policy as reference;
-5. with safety.interpolation below 1, save start + interpolation * (trained - start)
-   instead: weight-space interpolation, less forgetting for fewer new refusals.
-Writes the adapter to models/safety/, the pairs to data/safety/pairs.jsonl,
-metrics/safety.json and the DPO log to metrics/safety/loss.csv. `evaluate@safety`
-then measures refusal, over-refusal and GSM accuracy; `compare` reports the change
-from the start checkpoint (the alignment tax). Under `accelerate launch` the main
-process samples and builds the pairs, every process trains, the main process writes.
+5. save it to OUT; with safety.interpolation below 1, save start + interpolation *
+   (trained - start) instead: weight-space interpolation, less forgetting for fewer
+   new refusals (the trained adapter itself only passes through a temporary directory).
+Writes the adapter to OUT, the training mix to PAIRS, METRICS and the DPO log to LOG.
+`evaluate@safety` then measures refusal, over-refusal and GSM accuracy of what OUT
+holds; `compare` reports the change from the start checkpoint (the alignment tax).
+Under `accelerate launch` the main process samples and builds the mix and sends it to
+the others, every process trains on it, and the main process alone writes.
 """
 
 import random
+import tempfile
 from collections import Counter
+from pathlib import Path
 
-from posttrain.config import load_params
+from posttrain.config import load_params, stage_arguments
 
+args = stage_arguments(__doc__, base="the base model (stage base)",
+                       start="the adapter checkpoint to align (models/<safety.start>), also the DPO reference",
+                       prompts="the safety training prompts, JSONL (stage prepare)",
+                       gsm_prompts="GSM prompts to replay on-policy, JSONL (stage prepare; replay.source on_policy)",
+                       gsm_pairs="GSM pairs to replay, JSONL (stage preferences; replay.source preferences)",
+                       out="the adapter directory to write", pairs="the training mix, JSONL to write",
+                       metrics="metrics JSON to write", log="per-step DPO log CSV to write")
 params = load_params()
 from posttrain.engine import exit_unless_available, open_engine  # noqa: E402
 
@@ -42,26 +57,21 @@ from posttrain.refusal import classify_refusal  # noqa: E402
 from posttrain.safety import (  # noqa: E402
     GSM_REPLAY, interpolate_adapter, on_policy_replay_pairs, replay_count, safety_example, safety_pairs,
     sampled_behaviour)
-from posttrain.training import process_state  # noqa: E402
+from posttrain.training import broadcast_from_main, process_state  # noqa: E402
 
-SAFETY_PROMPTS = "data/prepared/safety_train.jsonl"
-GSM_PROMPTS = "data/prepared/rl.jsonl"        # replay.source on_policy
-GSM_PAIRS = "data/preferences/train.jsonl"    # replay.source preferences
-OUT_DIR = "models/safety"
-PAIRS_FILE = "data/safety/pairs.jsonl"
-METRICS_FILE = "metrics/safety.json"
-LOSS_PLOT = "metrics/safety/loss.csv"
 SECTIONS = ["seed", "prompt", "safety", "generation"]  # the params sections this stage reads
 cfg = params.safety
 
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("safety", params, SECTIONS):
     state = process_state()
-    if state.is_main_process:  # under `accelerate launch`, one process samples and builds the pairs
-        tokenizer = load_tokenizer(checkpoint_dirs(cfg.start)[0])
+    base_dir, start_adapter = checkpoint_dirs(args.start, args.base)
+    built = None
+    if state.is_main_process:  # under `accelerate launch`, one process samples and builds the mix
+        tokenizer = load_tokenizer(base_dir)
         s = cfg.sampling
         # The engine is closed before training: its memory and threads go back to DPO.
-        with open_engine(params.generation, cfg.start, params.seed, s.batch_size) as engine:
+        with open_engine(params.generation, args.start, args.base, params.seed, s.batch_size) as engine:
 
             def sample(messages: list, k: int, max_new_tokens: int, desc: str, **kwargs):
                 """k sampled completions per conversation, grouped per conversation."""
@@ -70,7 +80,7 @@ with tracking.stage_run("safety", params, SECTIONS):
                 return [out.completions[i * k : (i + 1) * k] for i in range(len(messages))], out.seconds
 
             # 1. What the start policy does with the safety training prompts today.
-            rows = read_jsonl(SAFETY_PROMPTS, SAFETY_PROMPT)
+            rows = read_jsonl(args.prompts, SAFETY_PROMPT)
             samples, sampling_seconds = sample([chat_messages(row["prompt"], params.prompt) for row in rows],
                                                cfg.samples_per_prompt, s.max_new_tokens, f"sampling {cfg.start}")
             verdicts = [[classify_refusal(c) for c in group] for group in samples]
@@ -82,7 +92,7 @@ with tracking.stage_run("safety", params, SECTIONS):
             # 2. GSM pairs to replay, making up replay.fraction of the mix.
             r = cfg.replay
             if r.source == "on_policy":  # the start policy's own solutions (posttrain/safety.py says why)
-                records = read_jsonl(GSM_PROMPTS, GSM_RECORD)
+                records = read_jsonl(args.gsm_prompts, GSM_RECORD)
                 random.Random(params.seed).shuffle(records)
                 records = records[: replay_count(len(pairs), r.fraction, len(records))]  # at most one pair each
                 gsm_samples, gsm_seconds = sample(
@@ -94,7 +104,7 @@ with tracking.stage_run("safety", params, SECTIONS):
                 replay_metrics = {"prompts": len(records), "sampling_seconds": round(gsm_seconds, 1),
                                   "start_policy_sample_strict_accuracy": round(sum(graded) / max(1, len(graded)), 4)}
             else:  # stage preferences' pairs, sampled from the SFT policy
-                gsm_pairs = read_jsonl(GSM_PAIRS, PAIR)
+                gsm_pairs = read_jsonl(args.gsm_pairs, PAIR)
                 n_replay = replay_count(len(pairs), r.fraction, len(gsm_pairs))
                 replay = [{**p, "source": GSM_REPLAY, "replay_kind": p["source"]}
                           for p in random.Random(params.seed).sample(gsm_pairs, n_replay)]
@@ -109,41 +119,45 @@ with tracking.stage_run("safety", params, SECTIONS):
         if all(p["source"] == GSM_REPLAY for p in mix):
             raise SystemExit("safety: no safety pairs to train on: the start policy refused every harmful prompt "
                              "and no benign prompt was given; nothing to align")
-        write_jsonl(PAIRS_FILE, mix)
-    state.wait_for_everyone()
+        built = {"mix": mix, "behaviour": sampled_behaviour(rows, verdicts), "already": already,
+                 "replay": replay_metrics, "sampling_seconds": round(sampling_seconds, 1)}
+    built = broadcast_from_main(built)  # every process now holds the same mix
+    mix = built["mix"]
 
-    # 4. DPO from the start checkpoint, on every process.
-    mix = read_jsonl(PAIRS_FILE, ("chosen", "rejected", "source"))
+    # 4. DPO from the start checkpoint, on every process; 5. the checkpoint OUT holds.
     examples = [preference_example(p, params.prompt) if p["source"] == GSM_REPLAY else safety_example(p, params.prompt)
                 for p in mix]
-    result = train_dpo(params, cfg, cfg.start, examples, OUT_DIR, LOSS_PLOT, "safety", SECTIONS, cfg.sft_weight)
+    with tempfile.TemporaryDirectory(prefix="safety-trained-") as scratch:
+        trained = args.out if cfg.interpolation == 1 else Path(scratch) / "adapter"
+        result = train_dpo(params, cfg, args.start, args.base, examples, trained, args.log, "safety", SECTIONS,
+                           cfg.sft_weight)
+        if result.main_process and cfg.interpolation < 1:
+            interpolate_adapter(base_dir, start_adapter, trained, cfg.interpolation, args.out)
     if not result.main_process:
         raise SystemExit(0)  # trained its share; the main process writes
 
-    # 5. Optionally keep only part of the way from the start checkpoint to the trained one.
-    if cfg.interpolation < 1:
-        base_dir, start_adapter = checkpoint_dirs(cfg.start)
-        interpolate_adapter(base_dir, start_adapter, OUT_DIR, cfg.interpolation, OUT_DIR)
-
+    write_jsonl(args.pairs, mix)
     metrics = {
         "start": cfg.start,
         # sampled at safety.sampling.temperature, so noisier than evaluate's greedy figures
-        "start_policy_on_train_prompts": sampled_behaviour(rows, verdicts),
+        "start_policy_on_train_prompts": built["behaviour"],
         "pairs": len(mix),
         "pairs_by_source": dict(Counter(p["source"] for p in mix)),
-        **already,
+        **built["already"],
+        # The training log's figures: of the adapter as trained, before any interpolation
+        # (evaluate@safety measures the saved one).
         "steps": result.steps,
         "train_loss": result.train_loss,
         "final_reward_accuracy": result.final_reward_accuracy,
         "final_reward_margin": result.final_reward_margin,
         "interpolation": cfg.interpolation,
-        "replay": replay_metrics,
-        "sampling_seconds": round(sampling_seconds, 1),
+        "replay": built["replay"],
+        "sampling_seconds": built["sampling_seconds"],
         "seconds": result.seconds,
         "resumed_from_step": result.resumed_from_step,
         "processes": result.processes,
     }
-    write_json(METRICS_FILE, metrics)
+    write_json(args.metrics, metrics)
     tracking.log_metrics(metrics)
     print(f"safety: {metrics['pairs']} pairs {metrics['pairs_by_source']}, {result.steps} steps, "
           f"loss {result.train_loss} ({result.seconds} s)")

@@ -1,43 +1,48 @@
 """Stage `sft`: supervised fine-tuning of a LoRA adapter on the SFT split.
 
-    PYTHONPATH=. python stages/sft.py
+    PYTHONPATH=. python -m posttrain.launch stages/sft.py --base models/base --train data/prepared/sft.jsonl \
+        --safety data/prepared/safety_train.jsonl --out models/sft --metrics metrics/sft.json --log metrics/sft/loss.csv
 
 Reads params: seed, prompt, sft, runtime, tracking. Trains with TRL's SFTTrainer on
 conversations in the base model's own chat template; the loss covers assistant tokens
-only, end-of-turn included, so the model learns to answer in format and to stop.
-Writes the adapter to models/sft/ (with sft.merge, also a standalone merged model in
-models/sft/merged/), the loss per step to metrics/sft/loss.csv, metrics/sft.json.
-Under `accelerate launch` (params launch.*) every process trains on its share of each
-batch and the main process alone writes.
+only, end-of-turn included, so the model learns to answer in format and to stop. With
+sft.safety_share > 0, that share of the mix is safety prompts (SAFETY) with their
+curated responses.
+Writes the adapter to OUT (with sft.merge, also a standalone merged model in
+OUT/merged/), the loss per step to LOG, and METRICS. Under `accelerate launch`
+(params launch.*) every process trains on its share of each batch and the main
+process alone writes.
 """
 
-from posttrain.config import load_params
+import random
 
+from posttrain.config import load_params, stage_arguments
+
+args = stage_arguments(__doc__, base="the base model (stage base)", train="SFT problems, JSONL (stage prepare)",
+                       safety="safety training prompts with curated responses, JSONL (stage prepare)",
+                       out="the adapter directory to write", metrics="metrics JSON to write",
+                       log="per-step loss CSV to write")
 params = load_params()
 
 from posttrain import resume, runtime, tracking  # noqa: E402
-from posttrain.generation import gsm_messages  # noqa: E402
-from posttrain.io import GSM_RECORD, atomic_dir, read_jsonl, write_json  # noqa: E402
-from posttrain.models import BASE_CHECKPOINT, load_tokenizer  # noqa: E402
+from posttrain.generation import chat_messages, gsm_messages  # noqa: E402
+from posttrain.io import GSM_RECORD, SAFETY_PROMPT, atomic_dir, read_jsonl, write_json  # noqa: E402
+from posttrain.models import load_tokenizer  # noqa: E402
 from posttrain.training import (  # noqa: E402
     checkpoints_for, fit_to_length, gathered_state_dict, load_base_for_training, lora_config, trainer_arguments,
     write_log_history)
 
-BASE_DIR = f"models/{BASE_CHECKPOINT}"
-OUT_DIR = "models/sft"
-TRAIN_FILE = "data/prepared/sft.jsonl"
-METRICS_FILE = "metrics/sft.json"
-LOSS_PLOT = "metrics/sft/loss.csv"
+SECTIONS = ["seed", "prompt", "sft"]  # the params sections this stage reads
 cfg = params.sft
 
 threads = runtime.setup(params.runtime, params.seed)
-with tracking.stage_run("sft", params, ["seed", "prompt", "sft"]):
+with tracking.stage_run("sft", params, SECTIONS):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    tokenizer = load_tokenizer(BASE_DIR, padding_side="right")
+    tokenizer = load_tokenizer(args.base, padding_side="right")
     conversations, too_long = [], 0
-    for record in read_jsonl(TRAIN_FILE, GSM_RECORD):
+    for record in read_jsonl(args.train, GSM_RECORD):
         messages = gsm_messages(record["question"], params.prompt)
         messages.append({"role": "assistant", "content": record["solution"]})
         fitted = fit_to_length(tokenizer, messages, cfg.max_length)
@@ -47,13 +52,26 @@ with tracking.stage_run("sft", params, ["seed", "prompt", "sft"]):
             conversations.append({"messages": fitted})
     if too_long:
         print(f"sft: skipped {too_long} examples whose answer alone exceeds sft.max_length={cfg.max_length}")
+    safety_examples = 0
+    if cfg.safety_share > 0:  # safety prompts with their curated responses, a seeded sample
+        rows = read_jsonl(args.safety, SAFETY_PROMPT)
+        wanted = round(len(conversations) * cfg.safety_share / (1 - cfg.safety_share))
+        picked = random.Random(params.seed).sample(rows, min(wanted, len(rows)))
+        safety = [fit_to_length(tokenizer, chat_messages(row["prompt"], params.prompt)
+                                + [{"role": "assistant", "content": row["response"]}], cfg.max_length)
+                  for row in picked]
+        conversations += [{"messages": messages} for messages in safety if messages is not None]
+        safety_examples = sum(messages is not None for messages in safety)
+        if wanted > len(rows):
+            print(f"sft: sft.safety_share {cfg.safety_share} asks for {wanted} safety examples; {args.safety} "
+                  f"holds {len(rows)}")
     dataset = Dataset.from_list(conversations)
 
     if cfg.merge and cfg.quantization != "none":
         raise SystemExit("sft.merge: merging into a quantised base loses precision; "
                          "merge an adapter trained with sft.quantization: none")
     # Resumable checkpoints (and the trainer's scratch) live outside the DVC output.
-    checkpoints = checkpoints_for("sft", params, ["seed", "prompt", "sft"], conversations, [BASE_DIR])
+    checkpoints = checkpoints_for("sft", params, SECTIONS, conversations, [args.base])
     config = SFTConfig(
         **trainer_arguments(params, cfg, checkpoints),
         max_length=cfg.max_length,
@@ -62,7 +80,7 @@ with tracking.stage_run("sft", params, ["seed", "prompt", "sft"]):
         include_num_input_tokens_seen="non_padding",
     )
     trainer = SFTTrainer(
-        model=load_base_for_training(BASE_DIR, cfg.quantization),
+        model=load_base_for_training(args.base, cfg.quantization),
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -75,20 +93,21 @@ with tracking.stage_run("sft", params, ["seed", "prompt", "sft"]):
         raise SystemExit(0)  # trained its share; the main process writes (and removes the checkpoints)
     model = trainer.accelerator.unwrap_model(trainer.model)
     trainable, _ = model.get_nb_trainable_parameters()
-    with atomic_dir(OUT_DIR) as out:
+    with atomic_dir(args.out) as out:
         model.save_pretrained(out, state_dict=state_dict)
         if cfg.merge:  # from the saved adapter: under FSDP or ZeRO-3 the model in memory is sharded
             from peft import PeftModel
 
-            merged = PeftModel.from_pretrained(load_base_for_training(BASE_DIR, "none"), out).merge_and_unload()
+            merged = PeftModel.from_pretrained(load_base_for_training(args.base, "none"), out).merge_and_unload()
             merged.save_pretrained(out / "merged")
             tokenizer.save_pretrained(out / "merged")
     checkpoints.remove()
 
-    history = write_log_history(trainer.state.log_history, LOSS_PLOT, ["loss", "learning_rate", "grad_norm"])
+    history = write_log_history(trainer.state.log_history, args.log, ["loss", "learning_rate", "grad_norm"])
     tokens = trainer.state.num_input_tokens_seen
     metrics = {
         "examples": len(dataset),
+        "safety_examples": safety_examples,
         "skipped_too_long": too_long,
         "steps": trainer.state.global_step,
         "train_loss": run.train_loss,
@@ -102,7 +121,7 @@ with tracking.stage_run("sft", params, ["seed", "prompt", "sft"]):
         "threads": threads,
         "processes": trainer.accelerator.num_processes,
     }
-    write_json(METRICS_FILE, metrics)
+    write_json(args.metrics, metrics)
     tracking.log_metrics({k: v for k, v in metrics.items() if k != "final_loss"})
     print(f"sft: {metrics['steps']} steps, loss {metrics['train_loss']}, {metrics['tokens_per_second']} tok/s, "
           f"{metrics['seconds']} s")

@@ -1,12 +1,15 @@
 """Shared fixtures: a throw-away workspace with the tiny model and prepared data,
 made by the real stage scripts, for tests that run one stage under other params."""
 
+import contextlib
 import functools
+import io
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,31 +34,49 @@ def write_params(workdir: Path, overrides: dict | None = None) -> None:
 
 
 @functools.cache
-def dvc_arguments(stage: str) -> tuple[str, ...]:
-    """The arguments dvc.yaml gives stage's script (DVC resolves its vars and params):
-    tests run a stage on exactly the paths the pipeline passes it."""
+def _resolved_arguments(stage: str, params_text: str) -> tuple[str, ...]:
     from dvc.repo import Repo
 
-    with Repo(str(REPO)) as repo:
-        # (repo.stage.collect would read the dvc.yaml of the working directory)
-        words = shlex.split(next(s.cmd for s in repo.index.stages if s.name == stage))
+    with tempfile.TemporaryDirectory() as scratch:  # dvc.yaml beside these params
+        shutil.copy2(REPO / "dvc.yaml", scratch)
+        (Path(scratch) / "params.yaml").write_text(params_text)
+        with contextlib.redirect_stdout(io.StringIO()):  # "Initialized DVC repository."
+            Repo.init(scratch, no_scm=True).close()
+        with Repo(scratch) as repo:  # (repo.stage.collect would read the dvc.yaml of the working directory)
+            words = shlex.split(next(s.cmd for s in repo.index.stages if s.name == stage))
     script = next(i for i, word in enumerate(words) if word.startswith("stages/") and word.endswith(".py"))
     return tuple(words[script + 1:])
 
 
-def stage_command(script: str, *args: str) -> list[str]:
-    return [sys.executable, str(REPO / "stages" / f"{script}.py"), *args]
+def dvc_arguments(stage: str, params_file: Path | None = None) -> tuple[str, ...]:
+    """The arguments dvc.yaml gives stage's script (`sft`, `evaluate@sft`), DVC resolving
+    its vars and params (params_file's, else the repository's): tests run a stage on
+    exactly the paths the pipeline passes it. A params file DVC cannot read (a test's
+    broken params.yaml) resolves with the repository's: the stage stops before using them."""
+    repository = (REPO / "params.yaml").read_text()
+    try:
+        return _resolved_arguments(stage, Path(params_file).read_text() if params_file else repository)
+    except Exception:
+        if params_file is None:
+            raise
+        return _resolved_arguments(stage, repository)
 
 
-def run_stage(workdir: Path, script: str, *args: str, overrides: dict | None = None, check: bool = True):
-    """Run stages/<script>.py in workdir, with params = smoke profile + overrides, and the
-    arguments given, else those dvc.yaml gives stage <script>."""
+def stage_command(stage: str, *args: str, params_file: Path | None = None) -> list[str]:
+    """The command of dvc.yaml's stage (`sft`, `evaluate@sft`): its script, with the
+    arguments given, else those dvc.yaml gives it (under params_file's params)."""
+    script = stage.split("@")[0]
+    return [sys.executable, str(REPO / "stages" / f"{script}.py"), *(args or dvc_arguments(stage, params_file))]
+
+
+def run_stage(workdir: Path, stage: str, *args: str, overrides: dict | None = None, check: bool = True):
+    """Run dvc.yaml's stage in workdir, with params = smoke profile + overrides (and the
+    arguments given, else dvc.yaml's)."""
     write_params(workdir, overrides)
-    args = args or dvc_arguments(script)
-    result = subprocess.run(stage_command(script, *args), cwd=workdir,
+    result = subprocess.run(stage_command(stage, *args, params_file=workdir / "params.yaml"), cwd=workdir,
                             env=stage_env(), capture_output=True, text=True, timeout=900)
     if check:
-        assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
+        assert result.returncode == 0, f"{stage} failed:\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
     return result
 
 

@@ -118,7 +118,7 @@ def test_base_stage_with_missing_model_directory_exits_with_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("stage, args, damage, message", [
-    ("evaluate", ["sft"], "truncate",
+    ("evaluate@sft", [], "truncate",
      "checkpoint 'sft': models/sft/adapter_model.safetensors is truncated or corrupt"),
     ("dpo", [], "delete",
      "checkpoint 'sft': models/sft/adapter_model.safetensors is missing; restore it with `dvc checkout models/sft` "

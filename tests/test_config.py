@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import dvc_arguments
 from posttrain.config import ParamsError, parse_params, read_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,10 +59,12 @@ def test_stage_exits_with_one_line_and_no_traceback_before_importing_torch(tmp_p
     raw["data"]["split"]["rl"] = 0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     # The probe fails if torch was imported before the params check rejected the file.
+    script = str(REPO / "stages" / "prepare.py")
     probe = (
         "import sys, runpy\n"
+        f"sys.argv = {[script, *dvc_arguments('prepare')]!r}\n"
         "try:\n"
-        f"    runpy.run_path({str(REPO / 'stages' / 'prepare.py')!r}, run_name='__main__')\n"
+        f"    runpy.run_path({script!r}, run_name='__main__')\n"
         "finally:\n"
         "    print('torch imported' if 'torch' in sys.modules else 'torch not imported', file=sys.stderr)\n"
     )

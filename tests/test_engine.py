@@ -53,7 +53,7 @@ def prompts_for(models: Path, n: int = 12) -> list[str]:
 
 
 def run(cfg, models, checkpoint, prompts, **kwargs):
-    with open_engine(cfg, checkpoint, seed=7, batch_size=5, models_dir=models) as engine:
+    with open_engine(cfg, models / checkpoint, models / "base", seed=7, batch_size=5) as engine:
         return engine.generate(prompts, **kwargs)
 
 
@@ -83,9 +83,10 @@ def test_vllm_fp32_continuation_logprobs_equal_the_transformers_model(talkative_
     pairs = [(f"Ann has {i} apples and buys {i + 2} more. She has", f" {2 * i + 2 - i % 3} apples.") for i in range(9)]
     pairs += [("", "Question: what is two plus two?"), ("The cat ", "sat on the mat.")]
     requests = continuation_requests(tokenizer, pairs)
-    expected = continuation_logprobs(load_causal_lm(*checkpoint_dirs(checkpoint, talkative_models)), tokenizer, pairs)
+    model = load_causal_lm(*checkpoint_dirs(talkative_models / checkpoint, talkative_models / "base"))
+    expected = continuation_logprobs(model, tokenizer, pairs)
     for cfg in (HF, VLLM_FP32):
-        with open_engine(cfg, checkpoint, seed=7, batch_size=4, models_dir=talkative_models) as engine:
+        with open_engine(cfg, talkative_models / checkpoint, talkative_models / "base", seed=7, batch_size=4) as engine:
             got = engine.continuation_logprobs(requests, batch_size=4)
         assert got == pytest.approx([lp for lp, _ in expected], abs=2e-3), cfg.engine
     assert len({round(lp, 3) for lp, _ in expected}) > 5, "distinct scores: the comparison is not vacuous"
@@ -118,7 +119,7 @@ def test_several_samples_per_prompt_come_grouped_by_prompt(talkative_models, cfg
 @pytest.mark.parametrize("cfg", [HF, VLLM_FP32], ids=["hf", "vllm"])
 def test_groups_decoded_together_equal_separate_calls(talkative_models, cfg):
     prompts = prompts_for(talkative_models, 6)
-    with open_engine(cfg, "sft", seed=7, batch_size=5, models_dir=talkative_models) as engine:
+    with open_engine(cfg, talkative_models / "sft", talkative_models / "base", seed=7, batch_size=5) as engine:
         together = engine.generate_groups([(prompts[:4], 10, False), (prompts[4:], 6, False)])
         apart = [engine.generate(prompts[:4], 10), engine.generate(prompts[4:], 6)]
     assert [r.completions for r in together] == [r.completions for r in apart]
@@ -170,7 +171,7 @@ def test_generating_stages_run_on_the_hf_engine(sft_workspace, tmp_path):
 
     root = copy_with_crafted_pairs(sft_workspace, tmp_path / "ws", n_train=8, n_held_out=4)
     hf = {"generation": {"engine": "hf"}}
-    run_stage(root, "evaluate", "sft", overrides=hf)
+    run_stage(root, "evaluate@sft", overrides=hf)
     assert json.loads((root / "metrics/eval/sft.json").read_text())["generation"]["engine"] == "hf"
     run_stage(root, "preferences", overrides={**hf, "preferences": {"num_prompts": 4, "samples_per_prompt": 2}})
     assert json.loads((root / "metrics/preferences.json").read_text())["samples"] == 8

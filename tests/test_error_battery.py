@@ -23,11 +23,10 @@ GSM_LINE = {"question": "Tom has 2 apples and buys 3 more. How many?", "answer":
 
 @dataclass
 class Case:
-    script: str
+    script: str  # dvc.yaml stage name (`evaluate@sft`): its script and arguments
     expected: str  # the whole of stderr, one line
     overrides: dict = field(default_factory=dict)
     fault: Callable[[Path], None] | None = None  # damages the workspace before the run
-    args: tuple = ()
 
 
 def remove(relative):
@@ -75,13 +74,13 @@ CASES = {
     "zero batch": Case("reward_model", "params.yaml: reward_model.batch_size: Input should be greater than 0 (got 0)",
                        {"reward_model": {"batch_size": 0}}),
     "unknown algorithm": Case("rl", "params.yaml: rl.algorithm: Input should be 'grpo', 'dr_grpo', 'dapo', 'gspo', "
-                                    "'rloo' or 'reinforce_ema' (got 'ppo')", {"rl": {"algorithm": "ppo"}}),
+                                    "'rloo', 'reinforce_ema' or 'ppo' (got 'a2c')", {"rl": {"algorithm": "a2c"}}),
     "lora rank 0": Case("sft", "params.yaml: sft.lora.r: Input should be greater than 0 (got 0)",
                         {"sft": {"lora": {"r": 0}}}),
     "string seed": Case("sft", "params.yaml: seed: Input should be a valid integer, unable to parse string as an "
                                "integer (got 'abc')", {"seed": "abc"}),
-    "temperature": Case("evaluate", "params.yaml: evaluate.temperature: Input should be greater than or equal to 0 "
-                                    "(got -1.0)", {"evaluate": {"temperature": -1.0}}, args=("sft",)),
+    "temperature": Case("evaluate@sft", "params.yaml: evaluate.temperature: Input should be greater than or equal to 0 "
+                                    "(got -1.0)", {"evaluate": {"temperature": -1.0}}),
     "top_p above 1": Case("preferences", "params.yaml: preferences.sampling.top_p: Input should be less than or "
                                          "equal to 1 (got 1.5)", {"preferences": {"sampling": {"top_p": 1.5}}}),
     "interpolation": Case("safety", "params.yaml: safety.interpolation: Input should be less than or equal to 1 "
@@ -132,13 +131,13 @@ CASES = {
     # upstream outputs: missing or damaged between stages
     "missing sft adapter": Case("dpo", "checkpoint 'sft': models/sft/adapter_model.safetensors is missing; "
                                 + CHECKPOINT.format("sft"), fault=remove("models/sft/adapter_model.safetensors")),
-    "truncated sft adapter": Case("evaluate", "checkpoint 'sft': models/sft/adapter_model.safetensors is truncated or "
-                                  "corrupt (invalid header); " + CHECKPOINT.format("sft"),
-                                  fault=cut("models/sft/adapter_model.safetensors", 12), args=("sft",)),
+    "truncated sft adapter": Case("evaluate@sft", "checkpoint 'sft': models/sft/adapter_model.safetensors is "
+                                  "truncated or corrupt (invalid header); " + CHECKPOINT.format("sft"),
+                                  fault=cut("models/sft/adapter_model.safetensors", 12)),
     "sft checkpoint directory gone": Case("rl", "checkpoint 'sft': models/sft does not exist; "
                                           + CHECKPOINT.format("sft"), fault=remove("models/sft")),
-    "base config missing": Case("evaluate", "checkpoint 'sft': models/base/config.json is missing; "
-                                + CHECKPOINT.format("base"), fault=remove("models/base/config.json"), args=("sft",)),
+    "base config missing": Case("evaluate@sft", "checkpoint 'sft': models/base/config.json is missing; "
+                                + CHECKPOINT.format("base"), fault=remove("models/base/config.json")),
     "start checkpoint never built": Case("safety", "checkpoint 'rl': models/rl does not exist; "
                                          + CHECKPOINT.format("rl"), {"safety": {"start": "rl"}}),
     "missing preference pairs": Case("dpo", "data/preferences/train.jsonl is missing (an earlier stage writes it); "
@@ -155,9 +154,8 @@ CASES = {
     "missing prepared split": Case("sft", "data/prepared/sft.jsonl is missing (an earlier stage writes it); "
                                    + RESTORE.format("data/prepared/sft.jsonl"),
                                    fault=remove("data/prepared/sft.jsonl")),
-    "missing test split": Case("evaluate", "data/prepared/test.jsonl is missing (an earlier stage writes it); "
-                               + RESTORE.format("data/prepared/test.jsonl"), fault=remove("data/prepared/test.jsonl"),
-                               args=("sft",)),
+    "missing test split": Case("evaluate@sft", "data/prepared/test.jsonl is missing (an earlier stage writes it); "
+                               + RESTORE.format("data/prepared/test.jsonl"), fault=remove("data/prepared/test.jsonl")),
 }
 
 
@@ -184,8 +182,8 @@ def test_bad_input_ends_in_one_line_and_changes_nothing(name, battery_workspace,
     if case.fault:
         case.fault(root)
     before = outputs(root)
-    result = subprocess.run(stage_command(case.script, *case.args), cwd=root, env=stage_env(), capture_output=True,
-                            text=True, timeout=600)
+    command = stage_command(case.script, params_file=root / "params.yaml")
+    result = subprocess.run(command, cwd=root, env=stage_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.strip() == case.expected  # the whole of stderr: one line

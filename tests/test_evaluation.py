@@ -91,7 +91,7 @@ def test_headline_reads_an_evaluation_file_shape():
 
 
 def test_majority_vote_and_best_of_n_metrics():
-    from posttrain.evaluation import best_of_n_metrics, majority_vote
+    from posttrain.reward_model import best_of_n_metrics, majority_vote
 
     assert majority_vote(["3", None, "4", "4", "3"]) == "3"  # tie: first seen wins
     assert majority_vote([None, None]) is None
@@ -103,7 +103,7 @@ def test_majority_vote_and_best_of_n_metrics():
 
 
 def test_histogram_counts_every_score_once():
-    from posttrain.evaluation import histogram
+    from posttrain.reward_model import histogram
 
     rows = histogram({"chosen": [0.0, 1.0, 2.0, 2.0], "rejected": [-1.0, 0.5]}, bins=3)
     assert len(rows) == 3
@@ -119,7 +119,7 @@ def test_score_texts_batches_by_length_without_changing_the_scores_or_the_tokeni
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from posttrain.evaluation import score_texts
+    from posttrain.reward_model import score_texts
     from posttrain.models import train_tiny_tokenizer
 
     tokenizer = train_tiny_tokenizer(300, ["how many apples are left", "ten apples", "the answer is 7"] * 20)

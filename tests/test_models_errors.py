@@ -45,7 +45,7 @@ def snapshot(root):
 
 def one_line_error(name, before, root):
     with pytest.raises(CheckpointError) as caught:
-        checkpoint_dirs(name)
+        checkpoint_dirs(f"models/{name}", "models/base")
     message = str(caught.value)
     assert "\n" not in message
     assert snapshot(root) == before
@@ -55,10 +55,10 @@ def one_line_error(name, before, root):
 def test_valid_checkpoints_resolve_as_before(models):
     from pathlib import Path
 
-    assert checkpoint_dirs("base") == (Path("models/base"), None)
-    assert checkpoint_dirs("sft") == (Path("models/base"), Path("models/sft"))
-    assert checkpoint_dirs("merged") == (Path("models/merged"), None)
-    assert checkpoint_dirs("sft", models) == (models / "base", models / "sft")
+    assert checkpoint_dirs("models/base", "models/base") == (Path("models/base"), None)
+    assert checkpoint_dirs("models/sft", "models/base") == (Path("models/base"), Path("models/sft"))
+    assert checkpoint_dirs("models/merged", "models/base") == (Path("models/merged"), None)
+    assert checkpoint_dirs(models / "sft", models / "base") == (models / "base", models / "sft")
 
 
 def test_helper_files_are_valid_safetensors(models):

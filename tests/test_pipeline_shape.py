@@ -7,7 +7,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-NEW_STAGE = {"cmd": "PYTHONPATH=. python stages/kto.py", "deps": ["models/sft"], "outs": ["models/kto"]}
+NEW_STAGE = {"cmd": "PYTHONPATH=. python stages/kto.py --start models/sft --out models/kto", "deps": ["models/sft"],
+             "outs": ["models/kto"]}
 
 
 def stages_of(root: Path) -> dict:
@@ -36,7 +37,7 @@ def test_a_checkpoint_joins_evaluate_compare_and_report_by_one_line(tmp_path):
 
     stages, upstream = stages_of(tmp_path)
     cmd, deps = stages["evaluate@kto"]
-    assert cmd.endswith("stages/evaluate.py kto") and "models/kto" in deps
+    assert "--checkpoint models/kto " in cmd and "--metrics metrics/eval/kto.json " in cmd and "models/kto" in deps
     for name in ("compare", "report"):
         cmd = stages[name][0]
         assert "--checkpoints base sft dpo kto rl safety " in cmd, cmd

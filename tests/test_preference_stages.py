@@ -80,7 +80,7 @@ def test_dpo_stage_trains_the_sft_adapter_further(sft_workspace, tmp_path):
 def test_best_of_n_reports_all_selection_rules(sft_workspace, tmp_path):
     root = copy_with_crafted_pairs(sft_workspace, tmp_path / "ws", n_train=8, n_held_out=4)
     run_stage(root, "reward_model", overrides={"reward_model": {**FAST, "max_steps": 2}})
-    run_stage(root, "evaluate", "sft")
+    run_stage(root, "evaluate@sft")
     run_stage(root, "best_of_n", overrides={"best_of_n": {"n": 3, "limit": 6, "sampling": {"max_new_tokens": 12}}})
     metrics = json.loads((root / "metrics/best_of_n.json").read_text())
     assert metrics["n_problems"] == 6 and metrics["n_samples"] == 3

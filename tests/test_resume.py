@@ -32,6 +32,9 @@ RUNS = {  # stage -> (script, overrides): enough steps that a kill lands mid-run
     "rl_reinforce_ema": ("rl", {"rl": {"algorithm": "reinforce_ema", "vllm": False, "num_prompts": 4, "steps": 24,
                                        "prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 8,
                                        "learning_rate": 1e-2, "reward": {"exact": 1.0, "format": 0.1, "length": 0.5}}}),
+    "rl_ppo": ("rl", {"rl": {"algorithm": "ppo", "vllm": False, "num_prompts": 4, "steps": 24, "prompts_per_step": 2,
+                             "num_generations": 2, "max_new_tokens": 8, "learning_rate": 1e-2, "beta": 0.1,
+                             "reward": {"exact": 1.0, "format": 0.1, "length": 0.5}}}),
 }
 OUTPUT = {"sft": "models/sft", "dpo": "models/dpo", "reward_model": "models/reward_model", "rl": "models/rl"}
 # Metrics that differ between a resumed and an uninterrupted run by nature.
@@ -46,8 +49,8 @@ def complete_checkpoints(root: Path, stage: str) -> list[int]:
 def kill_after_first_checkpoint(root: Path, script: str, overrides: dict) -> int:
     """Start the stage, SIGKILL it as soon as a complete checkpoint exists; the step killed after."""
     write_params(root, overrides)
-    process = subprocess.Popen(stage_command(script), cwd=root, env=stage_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(stage_command(script, params_file=root / "params.yaml"), cwd=root, env=stage_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while not complete_checkpoints(root, script):
         assert process.poll() is None, f"{script} ended (rc {process.returncode}) before its first checkpoint"

@@ -10,8 +10,9 @@ from posttrain.refusal import classify_refusal
 from posttrain.gsm import grade
 from posttrain.preferences import REFERENCE_VS_SAMPLED, SAMPLED, SAMPLED_VS_CORRUPTED
 from posttrain.safety import (GSM_REPLAY, POLICY_COMPLIANCE, POLICY_OVER_REFUSAL, STOCK_OVER_REFUSAL,
-                              STOCK_REFUSALS, interpolate_adapter, load_builtin_safety_prompts,
-                              on_policy_replay_pairs, replay_count, safety_pairs, sampled_behaviour)
+                              STOCK_REFUSALS, interpolate_adapter, on_policy_replay_pairs, replay_count, safety_pairs,
+                              sampled_behaviour)
+from posttrain.safety_data import load_builtin_safety_prompts
 
 from conftest import FAST, copy_with_crafted_pairs, run_stage
 
@@ -159,7 +160,7 @@ def test_safety_stage_trains_from_its_start_checkpoint_on_the_tiny_model(sft_wor
     started = load_file(root / "models/sft/adapter_model.safetensors")
     assert trained.keys() == started.keys()
     assert any(not (trained[k] == started[k]).all() for k in trained)
-    run_stage(root, "evaluate", "safety")
+    run_stage(root, "evaluate@safety")
     assert json.loads((root / "metrics/eval/safety.json").read_text())["checkpoint"] == "safety"
 
 
@@ -176,7 +177,7 @@ def test_safety_stage_replays_preference_pairs_and_saves_an_interpolated_adapter
     start_rank = json.loads((root / "models/sft/adapter_config.json").read_text())["r"]
     assert metrics["interpolation"] == 0.5
     assert json.loads((root / "models/safety/adapter_config.json").read_text())["r"] == 2 * start_rank
-    run_stage(root, "evaluate", "safety")
+    run_stage(root, "evaluate@safety")
     assert json.loads((root / "metrics/eval/safety.json").read_text())["checkpoint"] == "safety"
 
 
@@ -229,7 +230,7 @@ def test_max_pairs_keeps_the_replay_share_and_samples_only_the_replay_it_uses(sf
 
 
 def test_held_out_subtypes_go_to_test_only_and_are_marked():
-    from posttrain.safety import SafetyDataError, load_safety_prompts, split_safety
+    from posttrain.safety_data import SafetyDataError, load_safety_prompts, split_safety
 
     rows = load_safety_prompts("builtin")
     train, test = split_safety(rows, 0.4, seed=0, held_out_subtypes=("figurative", "roleplay_or_fiction_wrapper"))

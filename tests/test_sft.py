@@ -160,3 +160,15 @@ def test_moe_model_gets_lora_on_attention_and_experts_with_router_frozen(tiny_wo
     assert any("q_proj" in k for k in keys), keys
     assert not any(".mlp.gate." in k for k in keys), "the router must not be adapted"
     assert len(read_loss(workdir)) == 4
+
+
+def test_safety_share_mixes_curated_safety_answers_into_the_sft_data(workspace):
+    from posttrain.io import read_jsonl
+
+    run_stage(workspace, "sft", overrides={"sft": {**TRAIN_FAST["sft"], "max_steps": 2, "safety_share": 0.2}})
+    metrics = json.loads((workspace / "metrics/sft.json").read_text())
+    gsm = len(read_jsonl(workspace / "data/prepared/sft.jsonl"))
+    safety = len(read_jsonl(workspace / "data/prepared/safety_train.jsonl"))
+    wanted = round(gsm * 0.2 / 0.8)  # a fifth of the whole mix
+    assert metrics["safety_examples"] == min(wanted, safety) > 0
+    assert metrics["examples"] == gsm - metrics["skipped_too_long"] + metrics["safety_examples"]
