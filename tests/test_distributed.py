@@ -11,6 +11,7 @@ import yaml
 from safetensors.torch import load_file
 
 from posttrain.config import LaunchParams, ParamsError, RlParams, parse_params
+from posttrain.errors import UserError
 from posttrain.launch import command
 from posttrain.profiles import deep_merge, profile_params
 from posttrain.rl import vllm_arguments
@@ -20,12 +21,14 @@ from conftest import FAST, REPO, run_stage, stage_command, stage_env
 CONFIGS = REPO / "configs" / "accelerate"
 
 
-def launch(workdir: Path, script: str, overrides: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python -m posttrain.launch <script>` in workdir, with params = smoke profile + overrides."""
+def launch(workdir: Path, stage: str, overrides: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m posttrain.launch stages/<stage>.py <dvc.yaml's arguments>` in workdir, with
+    params = smoke profile + overrides."""
     params = deep_merge(profile_params("smoke", REPO / "params.yaml"), overrides)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return subprocess.run([sys.executable, "-m", "posttrain.launch", script], cwd=workdir, env=stage_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    script, *arguments = stage_command(stage, params_file=workdir / "params.yaml")[1:]
+    return subprocess.run([sys.executable, "-m", "posttrain.launch", script, *arguments], cwd=workdir,
+                          env=stage_env(), capture_output=True, text=True, timeout=timeout)
 
 
 # --- the command line -------------------------------------------------------------------
@@ -74,7 +77,7 @@ def test_launcher_execs_the_script_and_passes_its_exit_status_through(tmp_path):
 
 
 def test_launcher_rejects_a_missing_config_file_naming_the_key(tmp_path):
-    result = launch(tmp_path, "stages/sft.py", {"launch": {"processes": 2, "config_file": "configs/nope.yaml"}})
+    result = launch(tmp_path, "sft", {"launch": {"processes": 2, "config_file": "configs/nope.yaml"}})
     assert result.returncode == 1
     assert result.stderr.startswith("params.yaml: launch.config_file: no such file 'configs/nope.yaml'")
 
@@ -141,7 +144,7 @@ def test_vllm_missing_fails_with_one_line(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
     assert vllm_arguments(RlParams(vllm=False)) == {}  # off: nothing asked of vLLM
-    with pytest.raises(SystemExit, match=r"^params.yaml: rl.vllm: true needs vLLM, which is not installed"):
+    with pytest.raises(UserError, match=r"^params.yaml: rl.vllm: true needs vLLM, which is not installed"):
         vllm_arguments(RlParams(vllm=True))
 
 
@@ -203,8 +206,7 @@ def test_sft_trains_with_two_cpu_processes_over_gloo(tiny_workspace, tmp_path):
     root = tmp_path / "ws"
     shutil.copytree(tiny_workspace, root, ignore=shutil.ignore_patterns("mlflow.db"))
     steps = 6
-    result = launch(root, str(REPO / "stages" / "sft.py"),
-                    {"sft": {**FAST, "max_steps": steps, "batch_size": 2}, "launch": {"processes": 2}})
+    result = launch(root, "sft", {"sft": {**FAST, "max_steps": steps, "batch_size": 2}, "launch": {"processes": 2}})
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     assert "ddp.yaml --num_processes 2" in result.stderr  # said how it launched
 
