@@ -4,6 +4,7 @@ import pytest
 
 from posttrain import runtime
 from posttrain.config import RuntimeParams
+from posttrain.errors import UserError
 
 
 @pytest.fixture()
@@ -43,7 +44,7 @@ def test_explicit_settings_win(four_cores):
     assert runtime.thread_count(RuntimeParams()) == 3
     assert runtime.thread_count(RuntimeParams(threads=1)) == 1
     four_cores.setenv("POSTTRAIN_THREADS", "many")
-    with pytest.raises(SystemExit, match="POSTTRAIN_THREADS"):
+    with pytest.raises(UserError, match="POSTTRAIN_THREADS"):
         runtime.thread_count(RuntimeParams())
 
 
