@@ -267,13 +267,80 @@ class RewardModelParams(TrainParams):
     histogram_bins: int = Field(20, gt=1)
 
 
+class KtoParams(_Section):
+    """objective kto: each pair becomes two unpaired examples, chosen desirable and rejected not."""
+
+    desirable_weight: float = Field(1.0, gt=0, description="weight of the desirable (chosen) examples' loss")
+    undesirable_weight: float = Field(1.0, gt=0, description="weight of the undesirable (rejected) examples' loss")
+
+
+class OrpoParams(_Section):
+    """objective orpo: NLL on the chosen side plus beta x the odds-ratio loss; no reference model."""
+
+    beta: float = Field(0.1, gt=0, description="weight of the odds-ratio term (the paper's lambda)")
+
+
+class SimpoParams(_Section):
+    """objective simpo: length-normalised log-prob margin, no reference model (TRL's CPOTrainer)."""
+
+    beta: float = Field(2.0, gt=0, description="scale of the length-normalised reward (the paper uses 2-2.5)")
+    gamma: float = Field(0.5, ge=0, description="target reward margin (TRL's simpo_gamma)")
+
+
 class DpoParams(TrainParams):
+    objective: Literal["dpo", "kto", "orpo", "simpo"] = Field(
+        "dpo", description="dpo: TRL's DPOTrainer (loss_type, beta); kto: KTOTrainer on the pairs unpaired (beta, "
+        "kto.*); orpo: ORPOTrainer (orpo.beta); simpo: CPOTrainer with the SimPO loss (simpo.*)")
     logging_steps: int = Field(2, gt=0)
-    beta: float = Field(0.1, gt=0)
+    beta: float = Field(0.1, gt=0, description="dpo and kto: strength of the implicit KL to the reference")
     loss_type: Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-                       "apo_zero", "apo_down", "discopop", "sigmoid_norm"] = "sigmoid"
+                       "apo_zero", "apo_down", "discopop", "sigmoid_norm"] = Field(
+                           "sigmoid", description="objective dpo: TRL's DPO loss type")
+    kto: KtoParams = KtoParams()
+    orpo: OrpoParams = OrpoParams()
+    simpo: SimpoParams = SimpoParams()
     max_length: int = Field(256, ge=16)
     max_pairs: int | None = Field(64, gt=0, description="train on at most N pairs (null = all)")
+
+
+class RftParams(TrainParams):
+    """Rejection-sampling fine-tuning (STaR / ReST / expert iteration), stage rft."""
+
+    enabled: bool = Field(False, description="off: models/rft is a copy of the start checkpoint (dvc repro "
+                          "costs a copy); on: rounds of sampling and SFT, about 10 minutes a round on 2 cores")
+    start: str = Field("sft", min_length=1, description="checkpoint whose adapter the rounds continue")
+    rounds: int = Field(2, ge=1, description="sample-verify-train rounds, each from the previous round's adapter")
+    num_prompts: int = Field(200, gt=0, description="first N prompts of the rl split, sampled every round")
+    samples_per_prompt: int = Field(4, ge=1)
+    keep_per_prompt: int = Field(1, ge=1, description="at most N distinct verified-correct samples per prompt "
+                                 "and round go into that round's SFT data")
+    sampling: SamplingParams = SamplingParams()
+    learning_rate: float = Field(5e-4, gt=0)
+    logging_steps: int = Field(2, gt=0)
+    max_length: int = Field(256, ge=16)
+
+
+class DistillParams(TrainParams):
+    """Knowledge distillation from a teacher into a student checkpoint's adapter, stage distill."""
+
+    enabled: bool = Field(False, description="off: models/distill is a copy of the student checkpoint; on: "
+                          "the teacher trains it")
+    student: str = Field("sft", min_length=1, description="checkpoint whose LoRA adapter learns")
+    teacher: str = Field("rl", min_length=1, description="pipeline checkpoint that teaches (models/<teacher>)")
+    teacher_model: str | None = Field(None, min_length=1, description="a full model (local directory, or hub id "
+                                      "for on_policy) sharing the base model's tokenizer; replaces teacher")
+    method: Literal["on_policy", "teacher_traces"] = Field(
+        "on_policy", description="on_policy: the student samples, the teacher's next-token distributions are the "
+        "target (TRL's DistillationTrainer, generalised JSD); teacher_traces: SFT on the teacher's own samples")
+    num_prompts: int = Field(64, gt=0, description="first N prompts of the rl split")
+    beta: float = Field(0.5, ge=0, le=1, description="on_policy: 0 = forward KL, 1 = reverse KL, 0.5 = JSD")
+    temperature: float = Field(1.0, gt=0, description="on_policy: sampling and distillation temperature")
+    max_new_tokens: int = Field(160, gt=0, description="on_policy: tokens the student samples per prompt")
+    samples_per_prompt: int = Field(1, ge=1, description="teacher_traces: teacher samples per prompt")
+    sampling: SamplingParams = SamplingParams()
+    learning_rate: float = Field(5e-4, gt=0)
+    logging_steps: int = Field(2, gt=0)
+    max_length: int = Field(256, ge=16)
 
 
 class BestOfNParams(_Section):
@@ -314,8 +381,7 @@ class RlParams(_Section):
     start: Literal["sft", "dpo"] = "sft"
     num_prompts: int = Field(64, gt=0, description="first N prompts of the rl split")
     held_out_prompts: int = Field(48, ge=0, description="last N prompts of the rl split, never trained on: "
-                                  "accuracy on them is logged every eval_every_steps (0 = off; TRL algorithms "
-                                  "only, reinforce_ema and ppo have no monitor)")
+                                  "accuracy on them is logged every eval_every_steps (0 = off)")
     eval_every_steps: int = Field(5, gt=0, description="held-out accuracy every N steps (and before step 1)")
     steps: int = Field(10, gt=0)
     prompts_per_step: int = Field(4, gt=0)
@@ -379,6 +445,13 @@ class SafetyParams(DpoParams):
         0.85, gt=0, le=1, description="the saved checkpoint is start + interpolation * (trained - start): weight-space "
         "interpolation, which trades some of the new refusals for less forgetting; 1 = the trained policy as is")
 
+    @model_validator(mode="after")
+    def _sft_weight_needs_an_objective_that_takes_it(self) -> SafetyParams:
+        if self.sft_weight and self.objective in ("kto", "orpo"):
+            raise ValueError(f"sft_weight must be 0 with objective {self.objective} (dpo and simpo take an NLL "
+                             "weight on the chosen side; orpo has its own, kto none)")
+        return self
+
 
 class RuntimeParams(_Section):
     threads: int = Field(0, ge=0, description="0: the cores this process may use")
@@ -417,6 +490,8 @@ class Params(_Section):
     reward_model: RewardModelParams = RewardModelParams()
     dpo: DpoParams = DpoParams()
     best_of_n: BestOfNParams = BestOfNParams()
+    rft: RftParams = RftParams()
+    distill: DistillParams = DistillParams()
     rl: RlParams = RlParams()
     safety: SafetyParams = SafetyParams()
     evaluate: EvaluateParams = EvaluateParams()

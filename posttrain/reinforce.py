@@ -230,13 +230,14 @@ CHECKPOINT_FILE = "reinforce_ema.pt"
 
 def end_step(step: int, metrics: dict, history: list[dict], on_step, steps: int, checkpoints, trainable: dict,
              optimizer, log, extra_state: dict, filename: str = CHECKPOINT_FILE) -> None:
-    """After step `step` (0-based): its metrics into the history and to on_step, and every
-    checkpoints.every_steps steps (not after the last) a resumable checkpoint holding the
-    trainable weights, optimizer, history, completion log, torch's RNG and extra_state."""
+    """After step `step` (0-based): its metrics to on_step (which may add to them, e.g. a
+    held-out figure) and into the history, and every checkpoints.every_steps steps (not
+    after the last) a resumable checkpoint holding the trainable weights, optimizer,
+    history, completion log, torch's RNG and extra_state."""
     import torch
 
-    history.append({"step": step + 1, **{k: round(v, 5) for k, v in metrics.items()}})
     on_step(step + 1, metrics)
+    history.append({"step": step + 1, **{k: round(v, 5) for k, v in metrics.items()}})
     if checkpoints and checkpoints.every_steps and (step + 1) % checkpoints.every_steps == 0 and step + 1 < steps:
         save_checkpoint(checkpoints, step + 1, {
             "trainable": {name: p.detach().clone() for name, p in trainable.items()},

@@ -1,13 +1,14 @@
-"""Stage `dpo`: Direct Preference Optimisation from the SFT adapter.
+"""Stage `dpo`: preference optimisation (DPO, KTO, ORPO or SimPO) from the SFT adapter.
 
     PYTHONPATH=. python -m posttrain.launch stages/dpo.py --base models/base --start models/sft \
         --pairs data/preferences/train.jsonl --out models/dpo --metrics metrics/dpo.json --log metrics/dpo/loss.csv
 
 Reads params: seed, prompt, dpo, launch. Continues training the START (SFT) LoRA adapter
-with TRL's DPOTrainer on the preference pairs; the reference policy is the start policy
-itself (TRL copies the loaded adapter into a frozen `ref` adapter, so no second model
-is held in memory; posttrain/dpo.py). Writes the adapter to OUT, METRICS and the loss,
-reward accuracy and margin per step to LOG. Under `accelerate launch` every process
+on the preference pairs with `dpo.objective`: TRL's DPOTrainer (the default) or
+KTOTrainer, whose reference policy is the start policy itself (TRL copies the loaded
+adapter into a frozen `ref` adapter, so no second model is held in memory), or ORPO or
+SimPO, which need no reference (posttrain/dpo.py). Writes the adapter to OUT, METRICS
+and the loss, reward accuracy and margin per step to LOG. Under `accelerate launch` every process
 trains on its share of each batch and the main process alone writes.
 """
 
@@ -35,6 +36,7 @@ with tracking.stage_run("dpo", params, SECTIONS):
         raise SystemExit(0)  # trained its share; the main process writes
 
     metrics = {
+        "objective": cfg.objective,
         "pairs": len(pairs),
         "steps": result.steps,
         "train_loss": result.train_loss,
@@ -46,4 +48,5 @@ with tracking.stage_run("dpo", params, SECTIONS):
     }
     write_json(args.metrics, metrics)
     tracking.log_metrics(metrics)
-    print(f"dpo: {metrics['steps']} steps on {len(pairs)} pairs, loss {metrics['train_loss']} ({metrics['seconds']} s)")
+    print(f"dpo ({cfg.objective}): {metrics['steps']} steps on {len(pairs)} pairs, loss {metrics['train_loss']} "
+          f"({metrics['seconds']} s)")

@@ -69,9 +69,6 @@ with tracking.stage_run("rl", params, SECTIONS):
     records = rl_split[: cfg.num_prompts]
     # Never trained on: the held-out monitor (accuracy beside the training reward).
     held_out = rl_split[len(rl_split) - cfg.held_out_prompts:] if cfg.held_out_prompts else []
-    if held_out and cfg.algorithm in OWN_ALGORITHMS:
-        print(f"rl: {cfg.algorithm} has no held-out monitor; rl.held_out_prompts is not used")
-        held_out = []
     base_dir, adapter_dir = checkpoint_dirs(args.start, args.base)
     tokenizer = load_tokenizer(base_dir)
     policy = PeftModel.from_pretrained(load_base_for_training(base_dir, "none"), adapter_dir, is_trainable=True)
@@ -89,7 +86,7 @@ with tracking.stage_run("rl", params, SECTIONS):
     started = time.perf_counter()
     if cfg.algorithm in OWN_ALGORITHMS:
         from posttrain.ppo import train_ppo
-        from posttrain.reinforce import train_reinforce_ema
+        from posttrain.reinforce import sample_batch, train_reinforce_ema
 
         def reward_fn(completions, answers, n_tokens, prompt_indices):
             rm_scores = [None] * len(completions)
@@ -104,8 +101,29 @@ with tracking.stage_run("rl", params, SECTIONS):
                 scored.append((reward, {**parts, "reward_model": rm or 0.0}))
             return scored
 
+        held_out_prompts = render_prompts(tokenizer, [gsm_messages(r["question"], params.prompt) for r in held_out])
+
+        def monitor_held_out(step):
+            """One sample per held-out prompt at rl.temperature from the current weights, as
+            TRL's algorithms evaluate them: before step 1 and every rl.eval_every_steps."""
+            if not held_out or step % cfg.eval_every_steps:
+                return
+            began = time.perf_counter()
+            if sampler is not None:
+                sampler.sync()
+            texts = sample_batch(policy, tokenizer, held_out_prompts, cfg.max_new_tokens, cfg.temperature, sampler)[3]
+            parts = [reward_parts(text, record["answer"]) for text, record in zip(texts, held_out)]
+            row = {"held_out_accuracy": round(sum(p["exact"] for p in parts) / len(parts), 4),
+                   "held_out_format_rate": round(sum(p["format"] for p in parts) / len(parts), 4)}
+            held_out_clock["seconds"] += time.perf_counter() - began
+            tracking.log_metrics({"held_out_accuracy": row["held_out_accuracy"]}, step=step)
+            print(f"rl step {step}: held-out accuracy {row['held_out_accuracy']:.3f}")
+            return row
+
         def on_step(step, metrics):
             tracking.log_metrics(metrics, step=step)
+            # Into the step's metrics, so into the history that a resumable checkpoint holds.
+            metrics.update(monitor_held_out(step) or {})
             critic = (f"baseline {metrics['baseline']:.3f}" if "baseline" in metrics
                       else f"value loss {metrics['value_loss']:.4f}")
             print(f"rl step {step}/{cfg.steps}: reward {metrics['reward']:.3f} {critic}")
@@ -118,10 +136,16 @@ with tracking.stage_run("rl", params, SECTIONS):
 
             sampler = VllmSampler(policy, base_dir, params.generation, params.seed,
                                   cfg.prompts_per_step * cfg.num_generations)
+        # The start (a resumed run computes it again from the start's weights and RNG state).
+        start_row = monitor_held_out(0)
         train = train_ppo if cfg.algorithm == "ppo" else train_reinforce_ema
         history, resumed_from_step = train(
             policy, tokenizer, prompts, [r["answer"] for r in records], reward_fn, cfg, completion_log, on_step,
             start_adapter_dir=adapter_dir, checkpoints=checkpoints, sampler=sampler)
+        monitored = [(0, start_row)] + [(row["step"], row) for row in history if "held_out_accuracy" in row]
+        held_out_history = [{"step": step, "held_out_accuracy": row["held_out_accuracy"],
+                             "held_out_format_rate": row["held_out_format_rate"]} for step, row in monitored if row]
+        history = [{k: v for k, v in row.items() if not k.startswith("held_out_")} for row in history]
     else:
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer

@@ -20,9 +20,12 @@ import yaml
 
 from posttrain.profiles import profile_params
 
+# One pytest-xdist worker runs the whole module: its pipeline fixture is built once.
+pytestmark = pytest.mark.xdist_group("pipeline_smoke")
+
 REPO = Path(__file__).resolve().parent.parent
 COPIED = ["posttrain", "stages", "profiles", "dvc.yaml", ".dvc/config", ".dvcignore"]
-STAGE_RUNS = {"base", "prepare", "sft", "preferences", "reward_model", "dpo", "best_of_n", "rl", "safety",
+STAGE_RUNS = {"base", "prepare", "sft", "preferences", "reward_model", "dpo", "best_of_n", "rl", "safety", "distill",
               "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@rl", "evaluate@safety"}
 
 
@@ -51,6 +54,8 @@ def pipeline(tmp_path_factory):
     (root / "params.yaml").write_text(yaml.safe_dump(profile_params("smoke", REPO / "params.yaml"), sort_keys=False))
     (root / ".gitignore").write_text("/mlflow.db\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "POSTTRAIN_"))}
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a core is the other workers': the stages get one thread
+        env["POSTTRAIN_THREADS"] = "1"
     env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", DVC_NO_ANALYTICS="1",
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     run(["git", "init", "-q"], root, env)

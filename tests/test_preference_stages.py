@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from safetensors.torch import load_file
 
 from posttrain.io import read_jsonl
@@ -75,6 +76,50 @@ def test_dpo_stage_trains_the_sft_adapter_further(sft_workspace, tmp_path):
     assert any(not before[k].equal(after[k]) for k in before), "DPO did not change the adapter"
     config = json.loads((root / "models/dpo/adapter_config.json").read_text())
     assert config["r"] == json.loads((root / "models/sft/adapter_config.json").read_text())["r"]
+
+
+def completion_margin(root, checkpoint: str, pairs: list[dict]) -> float:
+    """Mean over pairs of the checkpoint's per-token log-prob of the chosen completion
+    minus that of the rejected one (length-normalised, so comparable across objectives)."""
+    import torch
+
+    from posttrain.config import read_params
+    from posttrain.models import checkpoint_dirs, load_causal_lm, load_tokenizer
+    from posttrain.preferences import preference_example
+
+    params = read_params(root / "params.yaml")
+    base_dir, adapter_dir = checkpoint_dirs(root / "models" / checkpoint, root / "models/base")
+    model, tokenizer = load_causal_lm(base_dir, adapter_dir).eval(), load_tokenizer(base_dir)
+
+    def mean_logprob(prompt: list[dict], completion: list[dict]) -> float:
+        prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, :-1]
+        logprobs = logits.log_softmax(-1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+        return logprobs[len(prompt_ids) - 1:].mean().item()
+
+    examples = [preference_example(pair, params.prompt) for pair in pairs]
+    return sum(mean_logprob(e["prompt"], e["chosen"]) - mean_logprob(e["prompt"], e["rejected"])
+               for e in examples) / len(examples)
+
+
+@pytest.mark.parametrize("objective", ["kto", "orpo", "simpo"])
+def test_each_preference_objective_moves_the_sft_adapter_towards_the_chosen_side(sft_workspace, tmp_path, objective):
+    root = copy_with_crafted_pairs(sft_workspace, tmp_path / "ws", n_train=12)
+    run_stage(root, "dpo", overrides={"dpo": {**FAST, "max_steps": 4, "objective": objective}})
+    metrics = json.loads((root / "metrics/dpo.json").read_text())
+    assert metrics["objective"] == objective and metrics["steps"] == 4 and metrics["pairs"] == 12
+    before = load_file(root / "models/sft/adapter_model.safetensors")
+    after = load_file(root / "models/dpo/adapter_model.safetensors")
+    assert before.keys() == after.keys()  # the policy adapter only, no `ref` copy
+    assert any(not before[k].equal(after[k]) for k in before), f"{objective} did not change the adapter"
+    pairs = read_jsonl(root / "data/preferences/train.jsonl")
+    start, trained = completion_margin(root, "sft", pairs), completion_margin(root, "dpo", pairs)
+    assert trained > start + 0.1, f"{objective}: chosen-minus-rejected log-prob {start:.3f} -> {trained:.3f}"
+    log = (root / "metrics/dpo/loss.csv").read_text().splitlines()
+    assert log[0].startswith("step,loss") and len(log) == 1 + 4  # a row per step (logging_steps 1)
 
 
 def test_best_of_n_reports_all_selection_rules(sft_workspace, tmp_path):

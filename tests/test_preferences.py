@@ -87,3 +87,23 @@ def test_corrupt_solution_leaves_other_numbers_and_negative_results_sound():
     # "= 1,200" and "= 0.2" are not whole-number step results: nothing to corrupt
     assert corrupt_solution("He paid 1,000 + 200 = 1,200 dollars.\n#### 1200", random.Random(0)) is None
     assert corrupt_solution("Each is 1 / 5 = 0.2 kg.\n#### 0.2", random.Random(0)) is None
+
+
+def test_kto_unpairing_gives_each_pair_one_label_of_each_and_never_neighbours_a_prompt_with_itself():
+    from posttrain.dpo import unpaired
+
+    pairs = [{"prompt": [{"role": "user", "content": f"q{i}"}],
+              "chosen": [{"role": "assistant", "content": f"good {i}"}],
+              "rejected": [{"role": "assistant", "content": f"bad {i}"}]} for i in range(5)]
+    examples = unpaired(pairs)
+    assert len(examples) == 10
+    for pair in pairs:
+        mine = [e for e in examples if e["prompt"] == pair["prompt"]]
+        assert sorted((e["completion"][0]["content"], e["label"]) for e in mine) == sorted(
+            [(pair["chosen"][0]["content"], True), (pair["rejected"][0]["content"], False)])
+    # KTO scores a prompt against its batch neighbour's completion; labels alternate so
+    # that any batch of two or more holds both.
+    for left, right in zip(examples, examples[1:] + examples[:1]):
+        assert left["prompt"] != right["prompt"]
+    for half in (examples[:5], examples[5:]):
+        assert all(a["label"] != b["label"] for a, b in zip(half, half[1:]))
