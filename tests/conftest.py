@@ -7,17 +7,29 @@ import io
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+import stage_process
 import yaml
 
 from posttrain.profiles import deep_merge, profile_params
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    """pytest.ini runs the suite in pytest-xdist workers side by side (`-n auto`, one per
+    core). Each worker then computes on one thread, like the stage subprocesses the tests
+    start (stage_env): processes that each use every core slow down 15-80x."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["POSTTRAIN_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def stage_env() -> dict:
@@ -71,10 +83,11 @@ def stage_command(stage: str, *args: str, params_file: Path | None = None) -> li
 
 def run_stage(workdir: Path, stage: str, *args: str, overrides: dict | None = None, check: bool = True):
     """Run dvc.yaml's stage in workdir, with params = smoke profile + overrides (and the
-    arguments given, else dvc.yaml's)."""
+    arguments given, else dvc.yaml's), forked from a process that has the heavy libraries
+    imported (stage_process)."""
     write_params(workdir, overrides)
-    result = subprocess.run(stage_command(stage, *args, params_file=workdir / "params.yaml"), cwd=workdir,
-                            env=stage_env(), capture_output=True, text=True, timeout=900)
+    result = stage_process.run(stage_command(stage, *args, params_file=workdir / "params.yaml"), cwd=workdir,
+                               env=stage_env(), timeout=900)
     if check:
         assert result.returncode == 0, f"{stage} failed:\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
     return result
