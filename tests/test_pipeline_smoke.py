@@ -30,7 +30,8 @@ STAGE_RUNS = {"base", "prepare", "sft", "preferences", "reward_model", "dpo", "b
 
 
 def run(cmd, cwd, env):
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    # Generous: beside the other pytest-xdist worker, on a slow machine, a repro takes minutes.
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout + result.stderr
 
