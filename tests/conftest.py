@@ -32,9 +32,20 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def stage_env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PYTHONPATH=str(REPO), POSTTRAIN_THREADS="1",
+    # MASTER_PORT: a port of its own for each stage's process group. Unset, TRL's colocated
+    # vLLM takes the first of 29500, 23456, ... that looks free, and two stages started
+    # side by side (two xdist workers) can both take 29500.
+    env.update(PYTHONPATH=str(REPO), POSTTRAIN_THREADS="1", MASTER_PORT=str(free_port()),
                PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}")
     return env
 
