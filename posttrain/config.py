@@ -441,6 +441,14 @@ class SafetyParams(DpoParams):
     sft_weight: float = Field(1.0, ge=0, description="weight of an NLL loss on the chosen side (RPO); 0 = off")
     samples_per_prompt: int = Field(1, ge=1, description="start-policy completions per safety training prompt")
     sampling: SamplingParams = SamplingParams(max_new_tokens=64)
+    held_out_prompts: int = Field(32, ge=0, description="safety training prompts (half harmful, half benign, "
+                                  "seeded) never trained on: greedy refusal and over-refusal on them every "
+                                  "eval_every_steps; 0 = off")
+    held_out_gsm_prompts: int = Field(16, ge=0, description="last N prompts of the rl split (inside rl's own "
+                                      "held-out slice by default), kept out of the replay: greedy strict accuracy "
+                                      "on them every eval_every_steps; 0 = off")
+    eval_every_steps: int = Field(10, gt=0, description="the held-out monitor before step 1, every N steps and "
+                                  "after the last")
     interpolation: float = Field(
         0.85, gt=0, le=1, description="the saved checkpoint is start + interpolation * (trained - start): weight-space "
         "interpolation, which trades some of the new refusals for less forgetting; 1 = the trained policy as is")

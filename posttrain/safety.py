@@ -79,6 +79,95 @@ def sampled_behaviour(rows: list[dict], verdicts: list[list[str]]) -> dict[str, 
             "over_refusal_rate": round(sum(v != COMPLIANCE for v in benign) / max(1, len(benign)), 4)}
 
 
+def held_out_split(rows: list[dict], n: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(rows to train on, n rows held out): n // 2 harmful and the rest benign, chosen
+    with the seed, so the held-out monitor reads both refusal and over-refusal. Both
+    keep the file's order."""
+    from posttrain.errors import UserError
+
+    held: set[int] = set()
+    for kind, count in (("harmful", n // 2), ("benign", n - n // 2)):
+        indices = [i for i, row in enumerate(rows) if row["kind"] == kind]
+        if count > len(indices):
+            raise UserError(f"params.yaml: safety.held_out_prompts: {n} asks for {count} {kind} prompts, but the "
+                            f"safety training set has {len(indices)}")
+        held |= set(random.Random(f"{seed}-{kind}").sample(indices, count))
+    return ([row for i, row in enumerate(rows) if i not in held],
+            [row for i, row in enumerate(rows) if i in held])
+
+
+def held_out_reading(safety_rows: list[dict], safety_completions: list[str], gsm_records: list[dict],
+                     gsm_completions: list[str]) -> dict[str, float]:
+    """The held-out monitor's figures from one greedy completion per prompt: refusal of the
+    harmful prompts and over-refusal of the benign ones (read as evaluation reads them),
+    and strict GSM accuracy. A figure with no prompts is left out."""
+    from posttrain.gsm import grade
+    from posttrain.refusal import classify_refusal
+
+    reading: dict[str, float] = {}
+    if safety_rows:
+        behaviour = sampled_behaviour(safety_rows, [[classify_refusal(c)] for c in safety_completions])
+        reading |= {"held_out_refusal_rate": behaviour["refusal_rate"],
+                    "held_out_over_refusal_rate": behaviour["over_refusal_rate"]}
+    if gsm_records:
+        correct = [grade(c, r["answer"]).strict_correct for r, c in zip(gsm_records, gsm_completions, strict=True)]
+        reading["held_out_gsm_accuracy"] = round(sum(correct) / len(correct), 4)
+    return reading
+
+
+HELD_OUT_KEYS = ("held_out_refusal_rate", "held_out_over_refusal_rate", "held_out_gsm_accuracy")
+
+
+def held_out_monitor(tokenizer, safety_rows: list[dict], safety_prompts: list[str], safety_tokens: int,
+                     gsm_records: list[dict], gsm_prompts: list[str], gsm_tokens: int, every_steps: int,
+                     batch_size: int, on_reading=None):
+    """A TrainerCallback that reads the held-out prompts (held_out_reading) from the
+    policy as it trains: greedy, so the training run's random numbers are untouched,
+    before step 1, every every_steps and after the last step. Each reading goes into
+    the trainer's log history (so a resumed run keeps the readings from before its
+    checkpoint) and to on_reading(step, reading) on the main process. `rows` holds
+    them by step and `seconds` the time spent reading."""
+    import time
+
+    from transformers import TrainerCallback
+
+    from posttrain.generation import generate
+
+    class HeldOutMonitor(TrainerCallback):
+        def __init__(self):
+            self.rows: list[dict] = []
+            self.seconds = 0.0
+
+        def read(self, model, state) -> None:
+            began = time.perf_counter()
+            was_training = model.training
+            model.eval()  # no dropout while it reads
+            safety = generate(model, tokenizer, safety_prompts, safety_tokens, batch_size,
+                              desc=f"held-out safety, step {state.global_step}").completions
+            gsm = generate(model, tokenizer, gsm_prompts, gsm_tokens, batch_size, stop_after_answer=True,
+                           desc=f"held-out GSM, step {state.global_step}").completions if gsm_prompts else []
+            model.train(was_training)
+            reading = held_out_reading(safety_rows, safety, gsm_records, gsm)
+            state.log_history.append({"step": state.global_step, **reading})
+            self.rows.append({"step": state.global_step, **reading})
+            self.seconds += time.perf_counter() - began
+            if on_reading is not None and state.is_world_process_zero:
+                on_reading(state.global_step, reading)
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            # A resumed run: the readings its checkpoint holds come first.
+            self.rows = [{"step": e["step"], **{k: e[k] for k in HELD_OUT_KEYS if k in e}}
+                         for e in state.log_history if any(k in e for k in HELD_OUT_KEYS)]
+            if state.global_step == 0:
+                self.read(model, state)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every_steps == 0 or state.global_step == state.max_steps:
+                self.read(model, state)
+
+    return HeldOutMonitor()
+
+
 def safety_example(pair: dict, prompt) -> dict:
     """A safety pair in TRL's conversational preference format, prompted as evaluation does."""
     from posttrain.generation import chat_messages
@@ -129,6 +218,7 @@ def interpolate_adapter(base_dir: str | Path, start_adapter: str | Path, trained
     (1 - weight) * B_start A_start + weight * B_trained A_trained."""
     from peft import PeftModel
 
+    from posttrain.adapters import sort_target_modules
     from posttrain.io import atomic_dir
     from posttrain.models import load_causal_lm
 
@@ -139,10 +229,6 @@ def interpolate_adapter(base_dir: str | Path, start_adapter: str | Path, trained
     model.set_adapter("default")
     model.delete_adapter("start")
     model.delete_adapter("trained")
-    # PEFT merges the target modules into a set, saved in hash order: sorted, the saved
-    # config (and so the output's DVC hash) is the same on every run.
-    config = model.peft_config["default"]
-    if isinstance(config.target_modules, set):
-        config.target_modules = sorted(config.target_modules)
+    sort_target_modules(model)
     with atomic_dir(out_dir) as out:
         model.save_pretrained(out)

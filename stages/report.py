@@ -4,6 +4,7 @@
         --evaluations metrics/eval --compare metrics/compare.json \
         --reward-model metrics/reward_model.json --reward-scores metrics/reward_model/scores.csv \
         --best-of-n metrics/best_of_n.json --rl-monitors metrics/rl.json --rl-held-out metrics/rl/held_out.csv \
+        --safety-held-out metrics/safety/held_out.csv \
         --sft metrics/sft/loss.csv --dpo metrics/dpo/loss.csv ... \
         --out metrics/report.md --images metrics/report
 
@@ -17,7 +18,9 @@ what the other stages wrote and takes a few seconds:
 - --<stage> CSV: a training-curve chart for each training log given (COLUMNS says which
   columns to draw; a stage not listed there gets its loss);
 - the reward model's numbers and score histogram, best-of-N's numbers, and the RL
-  monitors when rl is among the checkpoints (with its held-out accuracy if that file exists).
+  monitors when rl is among the checkpoints (with its held-out accuracy if that file exists);
+- --<stage>-held-out CSV (rl, safety): the held-out monitor's readings per step, drawn with
+  that stage's training curves, and for safety a table of them.
 Every input it names must exist: a missing one stops the stage, naming the file, before
 anything is written. The charts replace IMAGES whole, then the markdown is written.
 """
@@ -42,6 +45,9 @@ COLUMNS = {
     "safety": ["loss", "rewards/accuracies", "rewards/margins"],
 }
 DEFAULT_COLUMNS = ["loss"]
+# Columns of a stage's held-out monitor (--<stage>-held-out), drawn beside its curves.
+HELD_OUT_COLUMNS = {"rl": ["held_out_accuracy"],
+                    "safety": ["held_out_refusal_rate", "held_out_over_refusal_rate", "held_out_gsm_accuracy"]}
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,  # --rl is a curve
                                  epilog="Any other --<stage> CSV is that stage's training log, drawn as a curve.")
@@ -53,6 +59,8 @@ parser.add_argument("--reward-scores", required=True, type=Path, help="reward mo
 parser.add_argument("--best-of-n", required=True, type=Path, help="best-of-N numbers (stage best_of_n)")
 parser.add_argument("--rl-monitors", type=Path, help="RL monitors (stage rl); required when rl is a checkpoint")
 parser.add_argument("--rl-held-out", type=Path, help="optional: RL's held-out accuracy per step, drawn by its reward")
+parser.add_argument("--safety-held-out", type=Path,
+                    help="optional: safety's held-out refusal, over-refusal and GSM accuracy per step")
 parser.add_argument("--out", required=True, type=Path, help="the report, markdown")
 parser.add_argument("--images", required=True, type=Path, help="directory of its charts, replaced whole")
 args, rest = parser.parse_known_args()
@@ -65,7 +73,7 @@ from posttrain.evaluation import headline, scorecard  # noqa: E402
 from posttrain.io import atomic_dir, write_text_atomic  # noqa: E402
 from posttrain.report import (alignment_tax, best_of_n_line, csv_columns, image, missing_inputs, pick_column,  # noqa: E402
                               plot_curve, plot_histogram, plot_scorecard, read_rows, reward_model_line, rl_section,
-                              scorecard_table, significance_section)
+                              safety_held_out_section, scorecard_table, significance_section)
 
 LINK = Path(os.path.relpath(args.images, args.out.parent))  # image links are relative to the markdown file
 
@@ -96,12 +104,13 @@ for name, path in curves.items():
         if not set(first.split("|")) & set(csv_columns(path)):
             sys.exit(f"report: {path} has no column {first!r}, nothing written")
         logs[name] = []  # declared but never logged: the run ended before its first logging step
-held_out = args.rl_held_out
-if "rl" in curves and logs["rl"] and held_out is not None and held_out.exists():  # one more panel on the rl curves
-    held_out_rows = read_rows(held_out)
-    if held_out_rows:
-        logs["rl"] = sorted(logs["rl"] + held_out_rows, key=lambda row: row["step"])
-        columns["rl"].append("held_out_accuracy")
+held_out = {"rl": args.rl_held_out, "safety": args.safety_held_out}
+held_out_rows = {name: read_rows(path) for name, path in held_out.items()
+                 if name in curves and logs[name] and path is not None and path.exists()}
+for name, rows in held_out_rows.items():  # more panels on the stage's curves
+    if rows:
+        logs[name] = sorted(logs[name] + rows, key=lambda row: row["step"])
+        columns[name] += [c for c in HELD_OUT_COLUMNS[name] if any(c in row for row in rows)]
 reward_model = json.loads(args.reward_model.read_text())
 best_of_n = json.loads(args.best_of_n.read_text())
 compare = {name: row for name, row in json.loads(args.compare.read_text()).items() if name in args.checkpoints}
@@ -135,6 +144,8 @@ with atomic_dir(args.images) as out:
                  "## Best-of-N", best_of_n_line(best_of_n)]
     if rl is not None:
         sections += ["## RL", rl_section(rl)]
+    if held_out_rows.get("safety"):
+        sections += ["## Safety, held out while it trained", safety_held_out_section(held_out_rows["safety"])]
     sections.append("## Training curves")
     for name, path in curves.items():
         sections += [f"### {name}", image(f"{name} training curves", f"{LINK}/curve_{name}.png") if logs[name]

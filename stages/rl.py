@@ -45,12 +45,13 @@ if params.rl.algorithm in OWN_ALGORITHMS and processes > 1:
                      "set launch.processes: 1 or use a TRL algorithm (grpo, dr_grpo, dapo, gspo, rloo)")
 
 from posttrain import resume, runtime, tracking  # noqa: E402
+from posttrain.adapters import sort_target_modules  # noqa: E402
 from posttrain.generation import gsm_messages, render_prompts  # noqa: E402
 from posttrain.io import GSM_RECORD, atomic_dir, read_jsonl, write_json  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.rewards import RewardWeights, reward_parts, total_reward  # noqa: E402
 from posttrain.rl import (  # noqa: E402
-    CompletionLog, colocate_vllm_on_cpu, drift_report, trl_algorithm_arguments, trl_reward_functions)
+    CompletionLog, claim_master_port, colocate_vllm_on_cpu, drift_report, trl_algorithm_arguments, trl_reward_functions)
 from posttrain.training import (  # noqa: E402
     checkpoints_for, load_base_for_training, save_adapter, trainer_arguments_basic, write_rows_csv)
 
@@ -179,6 +180,7 @@ with tracking.stage_run("rl", params, SECTIONS):
             **vllm,
         )
         if vllm.get("vllm_mode") == "colocate":
+            claim_master_port()
             colocate_vllm_on_cpu(params.generation)  # no-op on CUDA
         if cfg.algorithm == "rloo":
             config, trainer_class = RLOOConfig(**common), RLOOTrainer
@@ -214,6 +216,7 @@ with tracking.stage_run("rl", params, SECTIONS):
     seconds = time.perf_counter() - started
     held_out_seconds = held_out_clock["seconds"]
 
+    sort_target_modules(policy)
     if cfg.algorithm in OWN_ALGORITHMS:  # one process
         with atomic_dir(args.out) as out:
             policy.save_pretrained(out, selected_adapters=["default"])

@@ -3,7 +3,7 @@
     PYTHONPATH=. python -m posttrain.launch stages/safety.py --base models/base --start models/rl \
         --prompts data/prepared/safety_train.jsonl --gsm-prompts data/prepared/rl.jsonl \
         --gsm-pairs data/preferences/train.jsonl --out models/safety --pairs data/safety/pairs.jsonl \
-        --metrics metrics/safety.json --log metrics/safety/loss.csv
+        --metrics metrics/safety.json --log metrics/safety/loss.csv --held-out-log metrics/safety/held_out.csv
 
 Reads params: seed, prompt, safety, generation, launch. From the START checkpoint
 (models/<safety.start>, RL by default):
@@ -16,11 +16,17 @@ Reads params: seed, prompt, safety, generation, launch. From the START checkpoin
    start policy's own samples on GSM training prompts (GSM_PROMPTS, on-policy), graded
    by the verifier; or stage preferences' pairs (GSM_PAIRS);
 3. shuffle them together;
-4. continue the start adapter with DPO, the start policy as reference;
+4. continue the start adapter with DPO, the start policy as reference, reading a held-out
+   slice while it trains (safety.held_out_prompts of PROMPTS and the last
+   safety.held_out_gsm_prompts of GSM_PROMPTS, none of them trained on): greedy refusal,
+   over-refusal and strict GSM accuracy before step 1 and every safety.eval_every_steps,
+   to HELD_OUT_LOG and MLflow, beside the DPO reward in LOG: a model that learns to refuse
+   everything, or pays for its refusals in arithmetic, shows it while it trains;
 5. save it to OUT; with safety.interpolation below 1, save start + interpolation *
    (trained - start) instead: weight-space interpolation, less forgetting for fewer
    new refusals (the trained adapter itself only passes through a temporary directory).
-Writes the adapter to OUT, the training mix to PAIRS, METRICS and the DPO log to LOG.
+Writes the adapter to OUT, the training mix to PAIRS, METRICS, the DPO log to LOG and
+the held-out readings to HELD_OUT_LOG.
 `evaluate@safety` then measures refusal, over-refusal and GSM accuracy of what OUT
 holds; `compare` reports the change from the start checkpoint (the alignment tax).
 Under `accelerate launch` the main process samples and builds the mix and sends it to
@@ -40,7 +46,8 @@ args = stage_arguments(__doc__, base="the base model (stage base)",
                        gsm_prompts="GSM prompts to replay on-policy, JSONL (stage prepare; replay.source on_policy)",
                        gsm_pairs="GSM pairs to replay, JSONL (stage preferences; replay.source preferences)",
                        out="the adapter directory to write", pairs="the training mix, JSONL to write",
-                       metrics="metrics JSON to write", log="per-step DPO log CSV to write")
+                       metrics="metrics JSON to write", log="per-step DPO log CSV to write",
+                       held_out_log="held-out refusal, over-refusal and GSM accuracy per step, CSV to write")
 params = load_params()
 from posttrain.engine import exit_unless_available, open_engine  # noqa: E402
 
@@ -48,6 +55,7 @@ exit_unless_available(params.generation)
 
 from posttrain import runtime, tracking  # noqa: E402
 from posttrain.dpo import train_dpo  # noqa: E402
+from posttrain.errors import UserError  # noqa: E402
 from posttrain.generation import chat_messages, gsm_messages, render_prompts  # noqa: E402
 from posttrain.gsm import grade  # noqa: E402
 from posttrain.io import GSM_RECORD, PAIR, SAFETY_PROMPT, read_jsonl, write_json, write_jsonl  # noqa: E402
@@ -55,9 +63,9 @@ from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.preferences import preference_example  # noqa: E402
 from posttrain.refusal import classify_refusal  # noqa: E402
 from posttrain.safety import (  # noqa: E402
-    GSM_REPLAY, interpolate_adapter, on_policy_replay_pairs, replay_count, safety_example, safety_pairs,
-    sampled_behaviour)
-from posttrain.training import broadcast_from_main, process_state  # noqa: E402
+    GSM_REPLAY, held_out_monitor, held_out_split, interpolate_adapter, on_policy_replay_pairs, replay_count,
+    safety_example, safety_pairs, sampled_behaviour)
+from posttrain.training import broadcast_from_main, process_state, write_rows_csv  # noqa: E402
 
 SECTIONS = ["seed", "prompt", "safety", "generation"]  # the params sections this stage reads
 cfg = params.safety
@@ -66,9 +74,19 @@ runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("safety", params, SECTIONS):
     state = process_state()
     base_dir, start_adapter = checkpoint_dirs(args.start, args.base)
+    # The held-out slice, never trained on: safety prompts left out of the pairs, and the
+    # tail of the rl split (rl's own held-out slice) left out of the replay.
+    rows, held_out_rows = held_out_split(read_jsonl(args.prompts, SAFETY_PROMPT), cfg.held_out_prompts, params.seed)
+    gsm_records = read_jsonl(args.gsm_prompts, GSM_RECORD) if cfg.replay.source == "on_policy" or \
+        cfg.held_out_gsm_prompts else []
+    if cfg.held_out_gsm_prompts > len(gsm_records):
+        raise UserError(f"params.yaml: safety.held_out_gsm_prompts: {cfg.held_out_gsm_prompts} exceeds the "
+                        f"{len(gsm_records)} prompts of {args.gsm_prompts}")
+    held_out_gsm = gsm_records[len(gsm_records) - cfg.held_out_gsm_prompts:] if cfg.held_out_gsm_prompts else []
+    gsm_records = gsm_records[: len(gsm_records) - cfg.held_out_gsm_prompts]
+    tokenizer = load_tokenizer(base_dir)
     built = None
     if state.is_main_process:  # under `accelerate launch`, one process samples and builds the mix
-        tokenizer = load_tokenizer(base_dir)
         s = cfg.sampling
         # The engine is closed before training: its memory and threads go back to DPO.
         with open_engine(params.generation, args.start, args.base, params.seed, s.batch_size) as engine:
@@ -80,7 +98,6 @@ with tracking.stage_run("safety", params, SECTIONS):
                 return [out.completions[i * k : (i + 1) * k] for i in range(len(messages))], out.seconds
 
             # 1. What the start policy does with the safety training prompts today.
-            rows = read_jsonl(args.prompts, SAFETY_PROMPT)
             samples, sampling_seconds = sample([chat_messages(row["prompt"], params.prompt) for row in rows],
                                                cfg.samples_per_prompt, s.max_new_tokens, f"sampling {cfg.start}")
             verdicts = [[classify_refusal(c) for c in group] for group in samples]
@@ -92,7 +109,7 @@ with tracking.stage_run("safety", params, SECTIONS):
             # 2. GSM pairs to replay, making up replay.fraction of the mix.
             r = cfg.replay
             if r.source == "on_policy":  # the start policy's own solutions (posttrain/safety.py says why)
-                records = read_jsonl(args.gsm_prompts, GSM_RECORD)
+                records = list(gsm_records)
                 random.Random(params.seed).shuffle(records)
                 records = records[: replay_count(len(pairs), r.fraction, len(records))]  # at most one pair each
                 gsm_samples, gsm_seconds = sample(
@@ -127,16 +144,30 @@ with tracking.stage_run("safety", params, SECTIONS):
     # 4. DPO from the start checkpoint, on every process; 5. the checkpoint OUT holds.
     examples = [preference_example(p, params.prompt) if p["source"] == GSM_REPLAY else safety_example(p, params.prompt)
                 for p in mix]
+
+    def log_reading(step: int, reading: dict) -> None:
+        tracking.log_metrics(reading, step=step)
+        print(f"safety step {step}: held-out " + ", ".join(f"{k.removeprefix('held_out_')} {v:.3f}"
+                                                             for k, v in reading.items()))
+
+    monitors = [held_out_monitor(
+        tokenizer, held_out_rows, render_prompts(tokenizer, [chat_messages(r["prompt"], params.prompt)
+                                                             for r in held_out_rows]), cfg.sampling.max_new_tokens,
+        held_out_gsm, render_prompts(tokenizer, [gsm_messages(r["question"], params.prompt) for r in held_out_gsm]),
+        cfg.replay.max_new_tokens, cfg.eval_every_steps, cfg.sampling.batch_size, log_reading,
+    )] if held_out_rows or held_out_gsm else []
     with tempfile.TemporaryDirectory(prefix="safety-trained-") as scratch:
         trained = args.out if cfg.interpolation == 1 else Path(scratch) / "adapter"
         result = train_dpo(params, cfg, args.start, args.base, examples, trained, args.log, "safety", SECTIONS,
-                           cfg.sft_weight)
+                           cfg.sft_weight, callbacks=monitors)
         if result.main_process and cfg.interpolation < 1:
             interpolate_adapter(base_dir, start_adapter, trained, cfg.interpolation, args.out)
     if not result.main_process:
         raise SystemExit(0)  # trained its share; the main process writes
 
     write_jsonl(args.pairs, mix)
+    held_out = monitors[0].rows if monitors else []
+    write_rows_csv(args.held_out_log, held_out)  # drawn beside LOG's reward
     metrics = {
         "start": cfg.start,
         # sampled at safety.sampling.temperature, so noisier than evaluate's greedy figures
@@ -150,10 +181,14 @@ with tracking.stage_run("safety", params, SECTIONS):
         "train_loss": result.train_loss,
         "final_reward_accuracy": result.final_reward_accuracy,
         "final_reward_margin": result.final_reward_margin,
+        # Of the adapter as trained (greedy, before any interpolation), every eval_every_steps.
+        "held_out": {"safety_prompts": len(held_out_rows), "gsm_prompts": len(held_out_gsm),
+                     "by_step": {row["step"]: {k: v for k, v in row.items() if k != "step"} for row in held_out}},
         "interpolation": cfg.interpolation,
         "replay": built["replay"],
         "sampling_seconds": built["sampling_seconds"],
-        "seconds": result.seconds,
+        "seconds": result.seconds,  # training, the held-out monitor's readings included
+        "held_out_seconds": round(monitors[0].seconds, 1) if monitors else 0.0,
         "resumed_from_step": result.resumed_from_step,
         "processes": result.processes,
     }

@@ -76,6 +76,8 @@ def test_dpo_stage_trains_the_sft_adapter_further(sft_workspace, tmp_path):
     assert any(not before[k].equal(after[k]) for k in before), "DPO did not change the adapter"
     config = json.loads((root / "models/dpo/adapter_config.json").read_text())
     assert config["r"] == json.loads((root / "models/sft/adapter_config.json").read_text())["r"]
+    # Saved sorted, not in the hash order of PEFT's set: the same file under any hash seed.
+    assert config["target_modules"] == sorted(config["target_modules"]) and len(config["target_modules"]) > 1
 
 
 def completion_margin(root, checkpoint: str, pairs: list[dict]) -> float:

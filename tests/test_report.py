@@ -93,7 +93,7 @@ def crafted_compare(checkpoints) -> dict:
 
 # report's options that are not a training curve (--<stage> CSV)
 INPUT_OPTIONS = {"--checkpoints", "--start", "--evaluations", "--compare", "--reward-model", "--reward-scores",
-                 "--best-of-n", "--rl-monitors", "--rl-held-out", "--out", "--images"}
+                 "--best-of-n", "--rl-monitors", "--rl-held-out", "--safety-held-out", "--out", "--images"}
 
 
 def report_arguments(checkpoints: list[str], curves: list[str] = (), start: list[str] = ()) -> list[str]:
@@ -206,6 +206,27 @@ def test_rl_held_out_accuracy_is_reported_and_drawn_beside_the_reward(tmp_path):
     assert "Held-out accuracy (48 rl prompts never trained on" in markdown
     assert "step 0: 0.500, step 2: 0.438, step 4: 0.396" in markdown
     assert (root / "metrics/report/curve_rl.png").exists()
+
+
+def test_safety_held_out_readings_are_tabled_and_drawn_beside_its_curves(tmp_path):
+    from matplotlib.image import imread
+
+    root = craft(tmp_path)
+    run_stage(root, "report")  # no held-out file yet: three panels, one row, no section
+    plain_height = imread(root / "metrics/report/curve_safety.png").shape[0]
+    assert "held out while it trained" not in (root / "metrics/report.md").read_text()
+    write_csv(root / "metrics/safety/held_out.csv",
+              ["step", "held_out_refusal_rate", "held_out_over_refusal_rate", "held_out_gsm_accuracy"],
+              [[0, 0.0, 0.0, 0.5625], [2, 0.25, "", 0.5], [4, 0.5625, 0.125, 0.4375]])
+    run_stage(root, "report")
+    markdown = (root / "metrics/report.md").read_text()
+    assert "## Safety, held out while it trained" in markdown
+    assert "| step | refusal (harmful) | over-refusal (benign) | GSM strict accuracy |" in markdown
+    assert "| 0 | 0.000 | 0.000 | 0.562 |" in markdown
+    assert "| 2 | 0.250 | – | 0.500 |" in markdown  # a blank cell reads as not measured
+    assert "| 4 | 0.562 | 0.125 | 0.438 |" in markdown
+    # Three more panels: a second row of them.
+    assert imread(root / "metrics/report/curve_safety.png").shape[0] == 2 * plain_height
 
 
 def test_a_curve_is_drawn_for_each_log_given_and_only_those(tmp_path):

@@ -35,8 +35,14 @@ RUNS = {  # stage -> (script, overrides): enough steps that a kill lands mid-run
     "rl_ppo": ("rl", {"rl": {"algorithm": "ppo", "vllm": False, "num_prompts": 4, "steps": 24, "prompts_per_step": 2,
                              "num_generations": 2, "max_new_tokens": 8, "learning_rate": 1e-2, "beta": 0.1,
                              "reward": {"exact": 1.0, "format": 0.1, "length": 0.5}}}),
+    # With its held-out monitor reading every 4 steps: the resumed run keeps the readings
+    # from before the kill, which its checkpoint holds.
+    "safety": ("safety", {"safety": {**FAST, "start": "sft", "max_steps": 16, "interpolation": 1.0,
+                                     "eval_every_steps": 4, "sampling": {"max_new_tokens": 8},
+                                     "replay": {"fraction": 0.25, "max_new_tokens": 8}}}),
 }
-OUTPUT = {"sft": "models/sft", "dpo": "models/dpo", "reward_model": "models/reward_model", "rl": "models/rl"}
+OUTPUT = {"sft": "models/sft", "dpo": "models/dpo", "reward_model": "models/reward_model", "rl": "models/rl",
+          "safety": "models/safety"}
 # Metrics that differ between a resumed and an uninterrupted run by nature.
 TIMING = {"seconds", "tokens_per_second", "seconds_per_step", "resumed_from_step", "held_out_seconds"}
 

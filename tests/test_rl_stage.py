@@ -32,6 +32,8 @@ def test_rl_stage_trains_and_logs(sft_workspace, tmp_path, algorithm):
     before = load_file(root / "models/sft/adapter_model.safetensors")
     after = load_file(root / "models/rl/adapter_model.safetensors")
     assert before.keys() == after.keys()
+    modules = json.loads((root / "models/rl/adapter_config.json").read_text())["target_modules"]
+    assert modules == sorted(modules) and len(modules) > 1  # the same file under any hash seed
     with open(root / "metrics/rl/held_out.csv") as f:
         held_out_rows = list(csv.DictReader(f))
     if algorithm not in ("reinforce_ema", "ppo"):

@@ -1,5 +1,6 @@
 """Safety pairs (posttrain/safety.py) and the safety stage on the tiny model."""
 
+import csv
 import json
 import shutil
 
@@ -9,9 +10,10 @@ from posttrain.io import read_jsonl
 from posttrain.refusal import classify_refusal
 from posttrain.gsm import grade
 from posttrain.preferences import REFERENCE_VS_SAMPLED, SAMPLED, SAMPLED_VS_CORRUPTED
+from posttrain.errors import UserError
 from posttrain.safety import (GSM_REPLAY, POLICY_COMPLIANCE, POLICY_OVER_REFUSAL, STOCK_OVER_REFUSAL,
-                              STOCK_REFUSALS, interpolate_adapter, on_policy_replay_pairs, replay_count, safety_pairs,
-                              sampled_behaviour)
+                              STOCK_REFUSALS, held_out_reading, held_out_split, interpolate_adapter,
+                              on_policy_replay_pairs, replay_count, safety_pairs, sampled_behaviour)
 from posttrain.safety_data import load_builtin_safety_prompts
 
 from conftest import FAST, copy_with_crafted_pairs, run_stage
@@ -119,6 +121,39 @@ def test_on_policy_replay_skips_a_prompt_with_no_pair_to_make():
     assert len(on_policy_replay_pairs([no_step, GSM], [[RIGHT], [WRONG]], seed=0)) == 1
 
 
+def test_held_out_split_is_balanced_seeded_and_disjoint():
+    rows = [{"id": f"{kind[0]}{i}", "kind": kind} for i in range(10) for kind in ("harmful", "benign")]
+    train, held = held_out_split(rows, 5, seed=3)
+    assert [r["kind"] for r in held].count("harmful") == 2 and [r["kind"] for r in held].count("benign") == 3
+    assert {r["id"] for r in train} | {r["id"] for r in held} == {r["id"] for r in rows}
+    assert not {r["id"] for r in train} & {r["id"] for r in held}
+    assert train == [r for r in rows if r in train] and held == [r for r in rows if r in held]  # file order
+    assert held_out_split(rows, 5, seed=3) == (train, held)
+    assert held_out_split(rows, 5, seed=4)[1] != held
+    assert held_out_split(rows, 0, seed=3) == (rows, [])
+
+
+def test_held_out_split_larger_than_the_set_names_the_key():
+    rows = [{"id": "h", "kind": "harmful"}, {"id": "b1", "kind": "benign"}, {"id": "b2", "kind": "benign"}]
+    with pytest.raises(UserError, match=r"safety\.held_out_prompts: 4 asks for 2 harmful prompts, but the safety "
+                                        r"training set has 1"):
+        held_out_split(rows, 4, seed=0)
+
+
+def test_held_out_reading_counts_refusal_over_refusal_and_strict_accuracy():
+    rows = [HARMFUL, HARMFUL, HARMFUL, HARMFUL, BENIGN, BENIGN]
+    completions = [REFUSE, COMPLY, PARTIAL, "I cannot help with making explosives.", "Run `kill -9 1234`.", REFUSE]
+    assert [classify_refusal(c) for c in completions] == ["refusal", "compliance", "partial", "refusal",
+                                                          "compliance", "refusal"]
+    records = [{"answer": "12"}, {"answer": "7"}, {"answer": "5"}]
+    gsm = ["3 * 4 = 12\n#### 12", "The answer is 7.", "2 + 2 = 4\n#### 4"]  # strict: right, no answer line, wrong
+    # refusal: 2 full refusals of 4 harmful (a partial leaks); over-refusal: 1 of 2 benign refused
+    assert held_out_reading(rows, completions, records, gsm) == {
+        "held_out_refusal_rate": 0.5, "held_out_over_refusal_rate": 0.5, "held_out_gsm_accuracy": 0.3333}
+    assert held_out_reading([], [], records, gsm) == {"held_out_gsm_accuracy": 0.3333}
+    assert set(held_out_reading(rows, completions, [], [])) == {"held_out_refusal_rate", "held_out_over_refusal_rate"}
+
+
 def safety_run(root, replay: dict, **safety):
     run_stage(root, "safety", overrides={"safety": {**FAST, "start": "sft", "max_steps": 2, "replay": replay,
                                                     "sampling": {"max_new_tokens": 8}, **safety}})
@@ -133,8 +168,11 @@ def test_safety_stage_trains_from_its_start_checkpoint_on_the_tiny_model(sft_wor
     metrics, mix = safety_run(root, {"fraction": 0.25, "source": "on_policy", "max_new_tokens": 8}, interpolation=1.0,
                               max_pairs=None)  # every pair the prompts give
     prompts = read_jsonl(root / "data/prepared/safety_train.jsonl")
-    n_harmful = sum(p["kind"] == "harmful" for p in prompts)
-    n_benign = len(prompts) - n_harmful
+    # The smoke profile holds 4 prompts out (2 harmful, 2 benign): no pair comes from them.
+    held = held_out_split(prompts, 4, seed=42)[1]
+    assert not {p["id"] for p in held} & {p["prompt_id"] for p in mix}
+    n_harmful = sum(p["kind"] == "harmful" for p in prompts) - 2
+    n_benign = len(prompts) - 4 - n_harmful
     by_source = metrics["pairs_by_source"]
     # The random tiny model never refuses in words: every harmful prompt leaks and every
     # benign one needs a stock refusal.
@@ -147,12 +185,24 @@ def test_safety_stage_trains_from_its_start_checkpoint_on_the_tiny_model(sft_wor
     replay = [p for p in mix if p["source"] == GSM_REPLAY]
     n_safety = metrics["pairs"] - len(replay)
     assert metrics["replay"]["source"] == "on_policy"
-    assert metrics["replay"]["prompts"] == replay_count(n_safety, 0.25, len(gsm)) == len(replay)
+    assert metrics["replay"]["prompts"] == replay_count(n_safety, 0.25, len(gsm) - 2) == len(replay)  # 2 held out
     assert metrics["replay"]["start_policy_sample_strict_accuracy"] == 0
     assert metrics["replay"]["pairs_by_kind"] == {REFERENCE_VS_SAMPLED: len(replay)}
     assert len({p["prompt_id"] for p in replay}) == len(replay)
     assert all(p["chosen"] == gsm[p["prompt_id"]]["solution"] for p in replay)
     assert metrics["steps"] == 2 and metrics["start"] == "sft"
+    # The held-out monitor: the last 2 rl prompts stay out of the replay; a reading before
+    # step 1 and after each step (eval_every_steps 1), in the metrics and in the CSV.
+    held_gsm = list(gsm)[-2:]
+    assert not set(held_gsm) & {p["prompt_id"] for p in replay}
+    assert metrics["held_out"]["safety_prompts"] == 4 and metrics["held_out"]["gsm_prompts"] == 2
+    readings = metrics["held_out"]["by_step"]
+    assert list(readings) == ["0", "1", "2"]
+    keys = {"held_out_refusal_rate", "held_out_over_refusal_rate", "held_out_gsm_accuracy"}
+    assert all(set(r) == keys and all(0 <= v <= 1 for v in r.values()) for r in readings.values())
+    logged = list(csv.DictReader(open(root / "metrics/safety/held_out.csv")))
+    assert [int(r["step"]) for r in logged] == [0, 1, 2]
+    assert [float(r["held_out_gsm_accuracy"]) for r in logged] == [r["held_out_gsm_accuracy"] for r in readings.values()]
     # A LoRA adapter on the base that evaluation can load, and changed by training.
     from safetensors.torch import load_file
 
@@ -211,6 +261,19 @@ def test_interpolated_adapter_is_the_weighted_sum_of_both_updates(tiny_workspace
         expected = base[key] + 0.7 * (start[key] - base[key]) + 0.3 * (trained[key] - base[key])
         torch.testing.assert_close(mixed[key], expected, atol=1e-5, rtol=1e-4)
     assert json.loads((tmp_path / "mixed/adapter_config.json").read_text())["r"] == 8
+
+
+def test_held_out_monitor_leaves_the_training_run_as_it_was(sft_workspace, tmp_path):
+    # A reading after every step against readings only before step 1 and after the last:
+    # greedy, in eval mode, so the trained adapter is the same bit for bit.
+    adapters = []
+    for every in (1, 100):
+        root = copy_with_crafted_pairs(sft_workspace, tmp_path / f"every{every}", n_train=12)
+        metrics, _ = safety_run(root, {"fraction": 0.25, "source": "on_policy", "max_new_tokens": 8},
+                                interpolation=1.0, max_steps=3, eval_every_steps=every)
+        assert list(metrics["held_out"]["by_step"]) == (["0", "1", "2", "3"] if every == 1 else ["0", "3"])
+        adapters.append((root / "models/safety/adapter_model.safetensors").read_bytes())
+    assert adapters[0] == adapters[1]
 
 
 def test_safety_stage_without_a_start_adapter_fails_naming_it(tiny_workspace, tmp_path):
