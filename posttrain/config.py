@@ -343,6 +343,21 @@ class DistillParams(TrainParams):
     max_length: int = Field(256, ge=16)
 
 
+class ToolSftParams(TrainParams):
+    """SFT with a calculator tool, stage tool_sft (posttrain/tool_use.py)."""
+
+    enabled: bool = Field(False, description="off: models/tool_sft is a copy of the start checkpoint; on: SFT on "
+                          "tool-calling solutions, then an evaluation with and without the tool")
+    start: str = Field("sft", min_length=1, description="checkpoint whose LoRA adapter learns to call the tool")
+    num_examples: int | None = Field(None, gt=0, description="first N problems of the sft split (null = all)")
+    eval_problems: int = Field(200, gt=0, description="first N test problems, solved with and without the tool")
+    max_calls: int = Field(6, ge=1, description="turns ending in tool calls per problem before it is cut off")
+    max_new_tokens: int = Field(96, gt=0, description="tokens per assistant turn")
+    learning_rate: float = Field(5e-4, gt=0)
+    logging_steps: int = Field(5, gt=0)
+    max_length: int = Field(512, ge=16)
+
+
 class BestOfNParams(_Section):
     n: int = Field(4, ge=1)
     policy: str = Field("sft", min_length=1, description="checkpoint whose samples are ranked")
@@ -350,17 +365,22 @@ class BestOfNParams(_Section):
     limit: int | None = Field(200, gt=0, description="first N test problems (null = all)")
 
 
-class RewardWeightParams(_Section):
-    exact: float = Field(1.0, ge=0)
-    format: float = Field(0.1, ge=0)
-    reward_model: float = Field(0.0, ge=0)
-    length: float = Field(0.0, ge=0)
+class VerifierRewardParams(_Section):
+    """Weights of the GSM verifier's reward parts (posttrain/rewards.py)."""
+
+    exact: float = Field(1.0, ge=0, description="the answer is strictly correct")
+    format: float = Field(0.1, ge=0, description="the answer line is well formed")
+    length: float = Field(0.0, ge=0, description="penalty: completion tokens / the completion budget")
 
     @model_validator(mode="after")
-    def _exact_dominates(self) -> RewardWeightParams:
+    def _exact_dominates(self) -> VerifierRewardParams:
         if self.format >= self.exact:
             raise ValueError("format must be well below exact, or formatting alone pays as much as a right answer")
         return self
+
+
+class RewardWeightParams(VerifierRewardParams):
+    reward_model: float = Field(0.0, ge=0)
 
 
 class PpoParams(_Section):
@@ -416,6 +436,33 @@ class RlParams(_Section):
             raise ValueError(f"vllm_mode: {self.algorithm} samples with vLLM in its own process only; set vllm_mode: "
                              "colocate or use a TRL algorithm (grpo, dr_grpo, dapo, gspo, rloo)")
         return self
+
+
+class ToolRlParams(_Section):
+    """GRPO with the calculator tool in the loop, stage tool_rl (TRL's GRPOTrainer tools=)."""
+
+    enabled: bool = Field(False, description="off: models/tool_rl is a copy of the start checkpoint; on: GRPO with "
+                          "the tool, then the test solved with the tool by it and by its start")
+    start: str = Field("tool_sft", min_length=1, description="checkpoint whose LoRA adapter trains (one that "
+                       "learnt the call format: tool_sft)")
+    num_prompts: int = Field(64, gt=0, description="first N prompts of the rl split")
+    steps: int = Field(10, gt=0)
+    prompts_per_step: int = Field(4, gt=0)
+    num_generations: int = Field(4, ge=2, description="completions per prompt (the group)")
+    temperature: float = Field(0.8, gt=0)
+    max_completion_length: int = Field(256, gt=0, description="tokens of a whole completion: every assistant "
+                                       "turn and tool result")
+    max_calls: int = Field(6, ge=1, description="turns ending in tool calls per completion (TRL's "
+                           "max_tool_calling_iterations), and per test problem")
+    learning_rate: float = Field(1e-4, gt=0)
+    beta: float = Field(0.0, ge=0, description="KL coefficient to the starting checkpoint")
+    max_grad_norm: float = Field(1.0, gt=0)
+    reward: VerifierRewardParams = VerifierRewardParams()
+    logging_steps: int = Field(1, gt=0)
+    bf16: bool = Field(True, description="bf16 autocast where the CPU has native bf16 (else fp32)")
+    eval_problems: int = Field(200, gt=0, description="first N test problems, solved with the tool by the "
+                               "trained checkpoint and by its start (paired by problem)")
+    max_new_tokens: int = Field(96, gt=0, description="tokens per assistant turn on the test")
 
 
 class ReplayParams(_Section):
@@ -500,6 +547,8 @@ class Params(_Section):
     best_of_n: BestOfNParams = BestOfNParams()
     rft: RftParams = RftParams()
     distill: DistillParams = DistillParams()
+    tool_sft: ToolSftParams = ToolSftParams()
+    tool_rl: ToolRlParams = ToolRlParams()
     rl: RlParams = RlParams()
     safety: SafetyParams = SafetyParams()
     evaluate: EvaluateParams = EvaluateParams()

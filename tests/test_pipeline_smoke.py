@@ -26,7 +26,7 @@ pytestmark = pytest.mark.xdist_group("pipeline_smoke")
 REPO = Path(__file__).resolve().parent.parent
 COPIED = ["posttrain", "stages", "profiles", "dvc.yaml", ".dvc/config", ".dvcignore"]
 STAGE_RUNS = {"base", "prepare", "sft", "preferences", "reward_model", "dpo", "best_of_n", "rl", "safety", "distill",
-              "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@rl", "evaluate@safety"}
+              "tool_sft", "tool_rl", "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@rl", "evaluate@safety"}
 
 
 def run(cmd, cwd, env):

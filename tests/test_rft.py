@@ -113,15 +113,18 @@ def test_no_correct_sample_in_any_round_stops_clearly_and_writes_nothing(sft_wor
     assert not (root / "models/rft").exists() and not (root / "metrics/rft.json").exists()
 
 
-@pytest.mark.parametrize("stage, start", [("rft", "sft"), ("distill", "sft")])
-def test_a_stage_switched_off_passes_its_start_through(stage, start, sft_workspace, tmp_path):
-    """enabled: false (rft's and distill's default): dvc repro still gets every declared
-    output: a copy of the start checkpoint, metrics saying it is off, an empty loss log."""
+@pytest.mark.parametrize("stage, start, log, header", [
+    ("rft", "sft", "loss.csv", "step,loss"), ("distill", "sft", "loss.csv", "step,loss"),
+    ("tool_sft", "sft", "loss.csv", "step,loss"), ("tool_rl", "sft", "log.csv", "step,reward")])
+def test_a_stage_switched_off_passes_its_start_through(stage, start, log, header, sft_workspace, tmp_path):
+    """enabled: false (the default of rft, distill, tool_sft and tool_rl): dvc repro still gets every declared
+    output: a copy of the start checkpoint, metrics saying it is off, an empty log."""
     import shutil
 
     root = tmp_path / "ws"
     shutil.copytree(sft_workspace, root)
-    result = run_stage(root, stage, overrides={stage: {"enabled": False}})
+    start_key = {"tool_rl": {"start": start}}.get(stage, {})  # its default start, tool_sft, is not built here
+    result = run_stage(root, stage, overrides={stage: {"enabled": False, **start_key}})
     assert f"{stage}: off ({stage}.enabled: false)" in result.stdout
     copied = {p.relative_to(root / "models" / stage): p.read_bytes() for p in (root / "models" / stage).rglob("*")
               if p.is_file()}
@@ -129,7 +132,7 @@ def test_a_stage_switched_off_passes_its_start_through(stage, start, sft_workspa
                                  for p in (root / "models" / start).rglob("*") if p.is_file()}
     metrics = json.loads((root / f"metrics/{stage}.json").read_text())
     assert metrics["enabled"] is False
-    assert (root / f"metrics/{stage}/loss.csv").read_text() == "step,loss\n"
+    assert (root / f"metrics/{stage}/{log}").read_text() == header + "\n"
 
 
 @pytest.mark.parametrize("edit, message", [
