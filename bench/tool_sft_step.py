@@ -12,6 +12,7 @@ seconds per step. A step's cost follows its tokens: the tool conversations are l
 
 import argparse
 import json
+import tempfile
 import time
 
 from posttrain.config import PromptParams
@@ -46,7 +47,7 @@ for kind in ("plain", "tools"):
                               {"role": "assistant", "content": r["solution"]}]} for r in records]
     policy = PeftModel.from_pretrained(load_base_for_training("models/base", "none"), "models/sft", is_trainable=True)
     trainer = SFTTrainer(model=policy, processing_class=tokenizer, train_dataset=Dataset.from_list(data),
-                         args=SFTConfig(output_dir="/tmp/bench_tool_sft_step", max_steps=args.steps,
+                         args=SFTConfig(output_dir=tempfile.mkdtemp(prefix="bench-"), max_steps=args.steps,
                                         per_device_train_batch_size=args.batch, bf16=False, assistant_only_loss=True,
                                         max_length=512, report_to=[], use_cpu=True, save_strategy="no",
                                         gradient_checkpointing=False))

@@ -242,7 +242,7 @@ def solve_with_tool(engine, tokenizer, questions: list[str], prompt: PromptParam
                         transcript.errors.append(str(error))
             transcript.text += "".join(f" {result} " for result in results)
             if turn < max_calls:
-                conversations[i] += [{"role": "tool", "name": TOOL_NAME, "content": r} for r in results]
+                conversations[i] += [result_message(r) for r in results]
                 still_open.append(i)
         open_ids = still_open
     return transcripts, seconds
