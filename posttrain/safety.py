@@ -79,23 +79,6 @@ def sampled_behaviour(rows: list[dict], verdicts: list[list[str]]) -> dict[str, 
             "over_refusal_rate": round(sum(v != COMPLIANCE for v in benign) / max(1, len(benign)), 4)}
 
 
-def held_out_split(rows: list[dict], n: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """(rows to train on, n rows held out): n // 2 harmful and the rest benign, chosen
-    with the seed, so the held-out monitor reads both refusal and over-refusal. Both
-    keep the file's order."""
-    from posttrain.errors import UserError
-
-    held: set[int] = set()
-    for kind, count in (("harmful", n // 2), ("benign", n - n // 2)):
-        indices = [i for i, row in enumerate(rows) if row["kind"] == kind]
-        if count > len(indices):
-            raise UserError(f"params.yaml: safety.held_out_prompts: {n} asks for {count} {kind} prompts, but the "
-                            f"safety training set has {len(indices)}")
-        held |= set(random.Random(f"{seed}-{kind}").sample(indices, count))
-    return ([row for i, row in enumerate(rows) if i not in held],
-            [row for i, row in enumerate(rows) if i in held])
-
-
 def held_out_reading(safety_rows: list[dict], safety_completions: list[str], gsm_records: list[dict],
                      gsm_completions: list[str]) -> dict[str, float]:
     """The held-out monitor's figures from one greedy completion per prompt: refusal of the

@@ -107,3 +107,18 @@ def split_safety(rows: list[dict], test_fraction: float, seed: int,
         test += group[:n_test]
         train += group[n_test:]
     return train, test + sorted(held_out, key=lambda r: r["id"])
+
+
+def held_out_split(rows: list[dict], n: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(rows to train on, n rows held out): n // 2 harmful and the rest benign, chosen
+    with the seed, so the held-out monitor reads both refusal and over-refusal. Both
+    keep the file's order."""
+    held: set[int] = set()
+    for kind, count in (("harmful", n // 2), ("benign", n - n // 2)):
+        indices = [i for i, row in enumerate(rows) if row["kind"] == kind]
+        if count > len(indices):
+            raise UserError(f"params.yaml: safety.held_out_prompts: {n} asks for {count} {kind} prompts, but the "
+                            f"safety training set has {len(indices)}")
+        held |= set(random.Random(f"{seed}-{kind}").sample(indices, count))
+    return ([row for i, row in enumerate(rows) if i not in held],
+            [row for i, row in enumerate(rows) if i in held])

@@ -63,8 +63,9 @@ from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.preferences import preference_example  # noqa: E402
 from posttrain.refusal import classify_refusal  # noqa: E402
 from posttrain.safety import (  # noqa: E402
-    GSM_REPLAY, held_out_monitor, held_out_split, interpolate_adapter, on_policy_replay_pairs, replay_count,
+    GSM_REPLAY, held_out_monitor, interpolate_adapter, on_policy_replay_pairs, replay_count,
     safety_example, safety_pairs, sampled_behaviour)
+from posttrain.safety_data import held_out_split  # noqa: E402
 from posttrain.training import broadcast_from_main, process_state, write_rows_csv  # noqa: E402
 
 SECTIONS = ["seed", "prompt", "safety", "generation"]  # the params sections this stage reads

@@ -7,7 +7,8 @@ Reads params: seed, prompt, sft, runtime, tracking. Trains with TRL's SFTTrainer
 conversations in the base model's own chat template; the loss covers assistant tokens
 only, end-of-turn included, so the model learns to answer in format and to stop. With
 sft.safety_share > 0, that share of the mix is safety prompts (SAFETY) with their
-curated responses.
+curated responses, never those that stage safety holds out for its monitor
+(safety.held_out_prompts), so its held-out readings stay held out.
 Writes the adapter to OUT (with sft.merge, also a standalone merged model in
 OUT/merged/), the loss per step to LOG, and METRICS. Under `accelerate launch`
 (params launch.*) every process trains on its share of each batch and the main
@@ -28,6 +29,7 @@ from posttrain import resume, runtime, tracking  # noqa: E402
 from posttrain.generation import chat_messages, gsm_messages  # noqa: E402
 from posttrain.io import GSM_RECORD, SAFETY_PROMPT, atomic_dir, read_jsonl, write_json  # noqa: E402
 from posttrain.models import load_tokenizer  # noqa: E402
+from posttrain.safety_data import held_out_split  # noqa: E402
 from posttrain.training import (  # noqa: E402
     checkpoints_for, fit_to_length, gathered_state_dict, load_base_for_training, lora_config, trainer_arguments,
     write_log_history)
@@ -54,7 +56,7 @@ with tracking.stage_run("sft", params, SECTIONS):
         print(f"sft: skipped {too_long} examples whose answer alone exceeds sft.max_length={cfg.max_length}")
     safety_examples = 0
     if cfg.safety_share > 0:  # safety prompts with their curated responses, a seeded sample
-        rows = read_jsonl(args.safety, SAFETY_PROMPT)
+        rows = held_out_split(read_jsonl(args.safety, SAFETY_PROMPT), params.safety.held_out_prompts, params.seed)[0]
         wanted = round(len(conversations) * cfg.safety_share / (1 - cfg.safety_share))
         picked = random.Random(params.seed).sample(rows, min(wanted, len(rows)))
         safety = [fit_to_length(tokenizer, chat_messages(row["prompt"], params.prompt)

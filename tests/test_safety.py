@@ -12,9 +12,9 @@ from posttrain.gsm import grade
 from posttrain.preferences import REFERENCE_VS_SAMPLED, SAMPLED, SAMPLED_VS_CORRUPTED
 from posttrain.errors import UserError
 from posttrain.safety import (GSM_REPLAY, POLICY_COMPLIANCE, POLICY_OVER_REFUSAL, STOCK_OVER_REFUSAL,
-                              STOCK_REFUSALS, held_out_reading, held_out_split, interpolate_adapter,
+                              STOCK_REFUSALS, held_out_reading, interpolate_adapter,
                               on_policy_replay_pairs, replay_count, safety_pairs, sampled_behaviour)
-from posttrain.safety_data import load_builtin_safety_prompts
+from posttrain.safety_data import held_out_split, load_builtin_safety_prompts
 
 from conftest import FAST, copy_with_crafted_pairs, run_stage
 

@@ -165,10 +165,26 @@ def test_moe_model_gets_lora_on_attention_and_experts_with_router_frozen(tiny_wo
 def test_safety_share_mixes_curated_safety_answers_into_the_sft_data(workspace):
     from posttrain.io import read_jsonl
 
-    run_stage(workspace, "sft", overrides={"sft": {**TRAIN_FAST["sft"], "max_steps": 2, "safety_share": 0.2}})
+    run_stage(workspace, "sft", overrides={"sft": {**TRAIN_FAST["sft"], "max_steps": 2, "safety_share": 0.2},
+                                           "safety": {"held_out_prompts": 4}})
     metrics = json.loads((workspace / "metrics/sft.json").read_text())
     gsm = len(read_jsonl(workspace / "data/prepared/sft.jsonl"))
     safety = len(read_jsonl(workspace / "data/prepared/safety_train.jsonl"))
     wanted = round(gsm * 0.2 / 0.8)  # a fifth of the whole mix
-    assert metrics["safety_examples"] == min(wanted, safety) > 0
+    assert metrics["safety_examples"] == min(wanted, safety - 4) > 0
     assert metrics["examples"] == gsm - metrics["skipped_too_long"] + metrics["safety_examples"]
+
+
+def test_safety_share_never_trains_on_the_prompts_stage_safety_holds_out(workspace, capsys):
+    """Stage safety's held-out monitor reads prompts no stage trained on: sft's safety
+    mix leaves out exactly those held_out_split holds out, even when it asks for all."""
+    from posttrain.io import SAFETY_PROMPT, read_jsonl
+    from posttrain.safety_data import held_out_split
+
+    rows = read_jsonl(workspace / "data/prepared/safety_train.jsonl", SAFETY_PROMPT)
+    train, held = held_out_split(rows, 6, seed=42)
+    assert len(held) == 6 and not {r["id"] for r in held} & {r["id"] for r in train}
+    run_stage(workspace, "sft", overrides={"sft": {**TRAIN_FAST["sft"], "max_steps": 2, "safety_share": 0.95},
+                                           "safety": {"held_out_prompts": 6}})
+    metrics = json.loads((workspace / "metrics/sft.json").read_text())
+    assert metrics["safety_examples"] == len(rows) - 6  # every safety prompt but the held-out ones
