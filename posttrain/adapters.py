@@ -1,7 +1,7 @@
 """What the stages that save a LoRA adapter share about its files.
 
-(Stages dpo, rl and safety use it so far; sft, reward_model, rft and distill save
-through posttrain/training.py and take it up at their next rerun.)
+(posttrain/training.py: save_adapter applies it for every stage that saves through a
+trainer; sft, rl's own loop and safety's interpolation call it before they save.)
 """
 
 from __future__ import annotations

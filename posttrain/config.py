@@ -628,6 +628,19 @@ def checkpoint_starts(parser: argparse.ArgumentParser, args: argparse.Namespace)
     return starts
 
 
+def sections_of(params: Params, sections: list[str], mode: str = "python") -> dict:
+    """The params a stage reads, by its list of sections: "sft" is a whole section,
+    "safety.held_out_prompts" one key of another stage's (as dvc.yaml's `params` lists them)."""
+    dumped = params.model_dump(mode=mode)
+    values = {}
+    for key in sections:
+        node = dumped
+        for part in key.split("."):
+            node = node[part]
+        values[key] = node
+    return values
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Stage entry point: validated params, or exit 2 with the problem and no traceback.
     From here on a UserError raised anywhere ends the stage in its one line (posttrain/errors.py)."""

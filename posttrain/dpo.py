@@ -15,7 +15,6 @@ from pathlib import Path
 from posttrain.config import DpoParams, Params
 from posttrain.models import CheckpointError, checkpoint_dirs, load_tokenizer
 from posttrain import resume
-from posttrain.adapters import sort_target_modules
 from posttrain.training import (
     checkpoints_for, load_base_for_training, save_adapter, trainer_arguments, write_log_history)
 
@@ -62,7 +61,6 @@ def train_dpo(params: Params, cfg: DpoParams, start_dir: str | Path, base_dir: s
     run = resume.train(trainer, checkpoints)
     # Only the trained policy adapter, under the default name, so evaluation loads the
     # output like any other adapter checkpoint. Every process takes part (FSDP, ZeRO-3).
-    sort_target_modules(trainer.accelerator.unwrap_model(trainer.model))
     save_adapter(trainer, out_dir, checkpoints, selected_adapters=["default"])
     main = trainer.accelerator.is_main_process
     history = write_log_history(trainer.state.log_history, loss_plot, LOGGED) if main else []

@@ -32,6 +32,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from posttrain.config import sections_of
+
 PIPELINE_RUN_ENV = "POSTTRAIN_PIPELINE_RUN"
 PIPELINE_TAG = "posttrain.pipeline_run"
 KIND_TAG = "posttrain.kind"
@@ -182,8 +184,7 @@ def stage_run(stage: str, params: BaseModel, sections: list[str]) -> Iterator[ob
         tags[PIPELINE_TAG] = pipeline_id
         parent = _pipeline_parent(client, experiment.experiment_id, pipeline_id, tags)
         client.update_run(parent, status="RUNNING")  # until this stage ends, one way or another
-    dumped = params.model_dump()
-    logged = flatten({key: dumped[key] for key in sections})
+    logged = flatten(sections_of(params, sections))
     status = "FAILED"
     # SIGTERM (a scheduler, `dvc queue kill`) unwinds like Ctrl-C, so the runs end KILLED;
     # SIGKILL cannot be caught: end_orphaned_runs ends those runs at the next stage start.

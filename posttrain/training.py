@@ -15,7 +15,7 @@ import csv
 from io import StringIO
 from pathlib import Path
 
-from posttrain.config import LoraParams, Params, TrainParams
+from posttrain.config import LoraParams, Params, TrainParams, sections_of
 from posttrain.io import atomic_dir, write_text_atomic
 from posttrain.resume import Checkpoints
 from posttrain.runtime import use_bf16
@@ -97,8 +97,7 @@ def checkpoints_for(stage: str, params: Params, sections: list[str], examples: l
                     inputs: list[str | Path]) -> Checkpoints:
     """Where `stage` keeps resumable checkpoints, keyed by the params sections it reads,
     its training examples and the files of the checkpoint it starts from (inputs)."""
-    dumped = params.model_dump(mode="json")
-    material = {"params": {section: dumped[section] for section in sections}, "examples": examples}
+    material = {"params": sections_of(params, sections, mode="json"), "examples": examples}
     return Checkpoints.for_run(params.resume, stage, material, inputs)
 
 
@@ -183,10 +182,14 @@ def save_adapter(trainer, path: str | Path, checkpoints: Checkpoints | None = No
     weights are gathered from all of them and the main process writes. save_options go
     to save_pretrained (e.g. selected_adapters=["default"]). Then the run's resumable
     checkpoints, if given, are removed: the stage's output now holds the result."""
+    from posttrain.adapters import sort_target_modules
+
     state_dict = gathered_state_dict(trainer)
     if trainer.accelerator.is_main_process:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        sort_target_modules(model)  # the same adapter_config.json, so the same DVC hash, on every run
         with atomic_dir(path) as out:
-            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(out, state_dict=state_dict, **save_options)
+            model.save_pretrained(out, state_dict=state_dict, **save_options)
         if checkpoints:
             checkpoints.remove()
 

@@ -26,6 +26,7 @@ args = stage_arguments(__doc__, base="the base model (stage base)", train="SFT p
 params = load_params()
 
 from posttrain import resume, runtime, tracking  # noqa: E402
+from posttrain.adapters import sort_target_modules  # noqa: E402
 from posttrain.generation import chat_messages, gsm_messages  # noqa: E402
 from posttrain.io import GSM_RECORD, SAFETY_PROMPT, atomic_dir, read_jsonl, write_json  # noqa: E402
 from posttrain.models import load_tokenizer  # noqa: E402
@@ -34,7 +35,7 @@ from posttrain.training import (  # noqa: E402
     checkpoints_for, fit_to_length, gathered_state_dict, load_base_for_training, lora_config, trainer_arguments,
     write_log_history)
 
-SECTIONS = ["seed", "prompt", "sft"]  # the params sections this stage reads
+SECTIONS = ["seed", "prompt", "sft", "safety.held_out_prompts"]  # the params this stage reads
 cfg = params.sft
 
 threads = runtime.setup(params.runtime, params.seed)
@@ -95,6 +96,7 @@ with tracking.stage_run("sft", params, SECTIONS):
         raise SystemExit(0)  # trained its share; the main process writes (and removes the checkpoints)
     model = trainer.accelerator.unwrap_model(trainer.model)
     trainable, _ = model.get_nb_trainable_parameters()
+    sort_target_modules(model)  # the same adapter_config.json, so the same DVC hash, on every run
     with atomic_dir(args.out) as out:
         model.save_pretrained(out, state_dict=state_dict)
         if cfg.merge:  # from the saved adapter: under FSDP or ZeRO-3 the model in memory is sharded

@@ -45,7 +45,6 @@ from posttrain.engine import exit_unless_available, open_engine  # noqa: E402
 exit_unless_available(params.generation)
 
 from posttrain import resume, runtime, tracking  # noqa: E402
-from posttrain.adapters import sort_target_modules  # noqa: E402
 from posttrain.gsm import grade  # noqa: E402
 from posttrain.io import GSM_RECORD, read_jsonl, write_json, write_jsonl  # noqa: E402
 from posttrain.models import CheckpointError, checkpoint_dirs, load_tokenizer  # noqa: E402
@@ -74,7 +73,6 @@ with tracking.stage_run("tool_rl", params, SECTIONS):
     trainer = tool_grpo_trainer(policy, tokenizer, records, params.prompt, cfg, trainer_arguments_basic(
         params, checkpoints, cfg.learning_rate, cfg.steps, cfg.logging_steps, cfg.max_grad_norm, cfg.bf16))
     run = resume.train(trainer, checkpoints)
-    sort_target_modules(policy)
     save_adapter(trainer, args.out, checkpoints, selected_adapters=["default"])
     log_keys = {"reward": "reward", "tools/call_frequency": "calls_per_completion",
                 "tools/failure_frequency": "call_failure_rate", "completions/mean_length": "completion_length"}
