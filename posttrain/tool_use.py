@@ -38,6 +38,7 @@ CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
 _NUMBER = r"-?\d+(?:\.\d+)?"
 EQUATION = re.compile(rf"(?<![\w.])({_NUMBER}(?:\s*[-+*/]\s*{_NUMBER})+)\s*=\s*\$?({_NUMBER})(?!\.?\d)")
 ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
+SENTENCE_END = re.compile(r"[.!?:](?=\s)\s*|\n\s*")  # a step's sentence starts after one
 _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 MAX_EXPRESSION = 200  # characters: arithmetic, not a program
 
@@ -154,13 +155,17 @@ def result_message(result: str) -> dict:
 
 def tool_conversation(record: dict, prompt: PromptParams) -> tuple[list[dict], int]:
     """A reference solution as a tool-calling conversation and its number of calls. Each
-    arithmetic step whose written result the calculator confirms becomes a call: the
-    assistant writes the step up to its "=", calls the tool and stops; the tool's result
-    comes back; the assistant goes on from the result. A step whose written result the
-    calculator does not give (a rounded figure) stays plain text."""
+    arithmetic step whose written result the calculator confirms becomes a call made
+    before the sentence that states it: the assistant writes up to that sentence, calls
+    the tool and stops; the tool's result comes back; the next turn writes the sentence
+    whole, the call's expression and its result ("Ben has 3 * 7 = 21 cupcakes."). So every
+    turn starts where a sentence starts, the first one included (often with the call
+    alone), and the text copies the expression it called rather than the call guessing
+    the text's. A step whose written result the calculator does not give (a rounded
+    figure) stays plain text."""
     solution = ANNOTATION.sub(_unannotated, record["solution"])
     messages = tool_messages(record["question"], prompt)
-    start, calls = 0, 0
+    turn_start, calls = 0, 0
     for match in EQUATION.finditer(solution):
         expression, written = match.group(1), match.group(2)
         try:
@@ -169,10 +174,12 @@ def tool_conversation(record: dict, prompt: PromptParams) -> tuple[list[dict], i
             continue
         if float(result) != float(written):
             continue
-        before = solution[start:match.start(2)].rstrip()
-        messages += [call_message(before, [expression.strip()]), result_message(result)]
-        start, calls = match.start(2), calls + 1
-    messages.append({"role": "assistant", "content": solution[start:]})
+        # The start of the step's sentence; a second step of one sentence is called at once.
+        boundaries = [b.end() for b in SENTENCE_END.finditer(solution, turn_start, match.start(1))]
+        split = boundaries[-1] if boundaries else turn_start
+        messages += [call_message(solution[turn_start:split].strip(), [expression.strip()]), result_message(result)]
+        turn_start, calls = split, calls + 1
+    messages.append({"role": "assistant", "content": solution[turn_start:].strip()})
     return messages, calls
 
 

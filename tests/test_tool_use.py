@@ -64,10 +64,12 @@ def test_solution_becomes_one_call_per_confirmed_step():
     assert calls == 2 and [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant",
                                                             "tool", "assistant"]
     assert messages[0]["content"] == DEFAULT_SYSTEM and RECORD["question"] in messages[1]["content"]
-    assert messages[2] == call_message("Ben starts with 3 * 7 =", ["3 * 7"])
+    # Each step is called before the sentence that states it: the first turn is the call
+    # alone, and every turn after a result starts a sentence that copies the call.
+    assert messages[2] == call_message("", ["3 * 7"])
     assert messages[3] == {"role": "tool", "name": "calculator", "content": "21"}
-    assert messages[4] == call_message("21 cupcakes.\nOne of 3 equal parts is 21 / 3 =", ["21 / 3"])
-    assert messages[6] == {"role": "assistant", "content": "7 cupcakes.\n#### 7"}
+    assert messages[4] == call_message("Ben starts with 3 * 7 = 21 cupcakes.", ["21 / 3"])
+    assert messages[6] == {"role": "assistant", "content": "One of 3 equal parts is 21 / 3 = 7 cupcakes.\n#### 7"}
     # The assistant's turns read back as the solution: nothing lost or added but the calls.
     text = " ".join(m["content"] for m in messages[2:] if m["role"] == "assistant")
     assert text.split() == RECORD["solution"].split()
@@ -85,9 +87,10 @@ def test_the_template_writes_the_schema_calls_and_results_and_trl_reads_the_call
     text = tokenizer.apply_chat_template(messages, tools=tool_schemas(), chat_template=tool_chat_template(tokenizer),
                                          tokenize=False)
     assert text.startswith(f"<|im_start|>system\n{DEFAULT_SYSTEM}\n\n# Tools") and json.dumps(tool_schemas()[0]) in text
-    assert ("<|im_start|>assistant\nBen starts with 3 * 7 =" + call_text("3 * 7") + "<|im_end|>\n<|im_start|>user\n"
-            + response("21") + "<|im_end|>\n") in text
-    assert text.endswith("<|im_start|>assistant\n7 cupcakes.\n#### 7<|im_end|>\n")
+    assert ("<|im_start|>assistant" + call_text("3 * 7") + "<|im_end|>\n<|im_start|>user\n"  # the call alone
+            + response("21") + "<|im_end|>\n<|im_start|>assistant\nBen starts with 3 * 7 = 21 cupcakes."
+            + call_text("21 / 3") + "<|im_end|>\n") in text
+    assert text.endswith("<|im_start|>assistant\nOne of 3 equal parts is 21 / 3 = 7 cupcakes.\n#### 7<|im_end|>\n")
 
     tokenizer.chat_template = tool_chat_template(tokenizer)
     tokenizer = add_response_schema(tokenizer)
@@ -117,7 +120,16 @@ def test_a_step_the_calculator_does_not_confirm_stays_plain_text():
     record = {**RECORD, "solution": "Each gets 10 / 3 = 3 cookies.\nThen 3 + 4 = 7.\n#### 7"}  # 10 / 3 is 3.3333
     messages, calls = tool_conversation(record, PROMPT)
     assert calls == 1
-    assert messages[2] == call_message("Each gets 10 / 3 = 3 cookies.\nThen 3 + 4 =", ["3 + 4"])
+    assert messages[2] == call_message("Each gets 10 / 3 = 3 cookies.", ["3 + 4"])
+    assert messages[4] == {"role": "assistant", "content": "Then 3 + 4 = 7.\n#### 7"}
+
+
+def test_two_steps_of_one_sentence_are_called_one_after_the_other_before_it():
+    record = {**RECORD, "solution": "He has 2 + 3 = 5 and then 5 * 4 = 20 apples.\n#### 20"}
+    messages, calls = tool_conversation(record, PROMPT)
+    assert calls == 2
+    assert messages[2] == call_message("", ["2 + 3"]) and messages[4] == call_message("", ["5 * 4"])
+    assert messages[6] == {"role": "assistant", "content": record["solution"]}
 
 
 def test_gsm8k_calculator_annotations_become_calls():
