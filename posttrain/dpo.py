@@ -64,7 +64,7 @@ def train_dpo(params: Params, cfg: DpoParams, start_dir: str | Path, base_dir: s
     save_adapter(trainer, out_dir, checkpoints, selected_adapters=["default"])
     main = trainer.accelerator.is_main_process
     history = write_log_history(trainer.state.log_history, loss_plot, LOGGED) if main else []
-    last = history[-1] if history else {}
+    last = {key: value for key, value in (history[-1] if history else {}).items() if value != ""}  # "": not logged
     return DpoResult(main, trainer.accelerator.num_processes, trainer.state.global_step, run.train_loss,
                      last.get("rewards/accuracies"), last.get("rewards/margins"), run.seconds, run.resumed_from_step)
 

@@ -113,6 +113,9 @@ def test_each_preference_objective_moves_the_sft_adapter_towards_the_chosen_side
     run_stage(root, "dpo", overrides={"dpo": {**FAST, "max_steps": 4, "objective": objective}})
     metrics = json.loads((root / "metrics/dpo.json").read_text())
     assert metrics["objective"] == objective and metrics["steps"] == 4 and metrics["pairs"] == 12
+    # A figure the trainer does not log is null, not "" (KTO logs no pairwise accuracy).
+    assert all(metrics[key] is None or isinstance(metrics[key], float)
+               for key in ("final_reward_accuracy", "final_reward_margin"))
     before = load_file(root / "models/sft/adapter_model.safetensors")
     after = load_file(root / "models/dpo/adapter_model.safetensors")
     assert before.keys() == after.keys()  # the policy adapter only, no `ref` copy
