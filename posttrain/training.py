@@ -15,6 +15,7 @@ import csv
 from io import StringIO
 from pathlib import Path
 
+from posttrain.adapters import sort_target_modules
 from posttrain.config import LoraParams, Params, TrainParams, sections_of
 from posttrain.io import atomic_dir, write_text_atomic
 from posttrain.resume import Checkpoints
@@ -182,8 +183,6 @@ def save_adapter(trainer, path: str | Path, checkpoints: Checkpoints | None = No
     weights are gathered from all of them and the main process writes. save_options go
     to save_pretrained (e.g. selected_adapters=["default"]). Then the run's resumable
     checkpoints, if given, are removed: the stage's output now holds the result."""
-    from posttrain.adapters import sort_target_modules
-
     state_dict = gathered_state_dict(trainer)
     if trainer.accelerator.is_main_process:
         model = trainer.accelerator.unwrap_model(trainer.model)
