@@ -385,7 +385,7 @@ class RewardWeightParams(VerifierRewardParams):
 
 class PpoParams(_Section):
     """rl.algorithm ppo (posttrain/ppo.py); its clipping range is rl.epsilon, its KL penalty rl.beta."""
-    epochs: int = Field(4, gt=0, description="passes over each step's samples")
+    epochs: int = Field(1, gt=0, description="passes over each step's samples")
     minibatches: int = Field(1, gt=0, description="minibatches per pass")
     value_clip: float = Field(0.2, gt=0, description="how far one update may move a value from the rollout's")
     value_coef: float = Field(0.5, ge=0, description="weight of the value loss beside the policy loss")

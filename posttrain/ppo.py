@@ -30,7 +30,7 @@ class PpoConfig:
     kl_coef: float = 0.05      # per-token KL penalty to the reference policy
     gamma: float = 1.0         # discount (1: the score counts fully at every token)
     lam: float = 0.95          # GAE lambda
-    epochs: int = 4            # passes over each rollout
+    epochs: int = 1            # passes over each rollout (params.yaml rl.ppo.epochs)
     minibatches: int = 1       # minibatches per pass
     max_grad_norm: float = 1.0
 
