@@ -246,6 +246,34 @@ class SamplingParams(_Section):
     batch_size: int = Field(32, gt=0)
 
 
+class ReplayParams(SamplingParams):
+    """midtrain.general: replay: the start model's own samples, begun from `prompt`."""
+    prompt: str | None = Field(None, description="text every sample starts from; null: the tokenizer's bos "
+                               "token (its eos token when it has none)")
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(256, gt=0)
+
+
+class MidtrainParams(TrainParams):
+    """Mid-training (continued pre-training) of the full base model, stage midtrain."""
+
+    enabled: bool = Field(False, description="off: models/midtrain is a copy of models/base; on: continued "
+                          "pre-training on the domain corpus mixed with general text")
+    general: str = Field("replay", min_length=1, description="the general text: replay (the start model's own "
+                         "samples), a local .jsonl/.txt file, or a hub dataset id (its train split's text field)")
+    domain_share: float = Field(0.3, gt=0, le=1, description="share of the training tokens that are domain text")
+    max_domain_documents: int | None = Field(200, gt=0, description="first N documents of the domain corpus; "
+                                             "null: all")
+    held_out_share: float = Field(0.1, gt=0, lt=1, description="share of each corpus kept out of training to "
+                                  "measure its loss before and after")
+    train_layers: int | None = Field(None, gt=0, description="train only the last N decoder layers (and the "
+                                     "final norm); null: every weight")
+    max_length: int = Field(512, ge=16, description="tokens per packed training sequence")
+    replay: ReplayParams = ReplayParams()
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(4, gt=0)
+
+
 class PreferencesParams(_Section):
     num_prompts: int = Field(64, gt=0, description="first N prompts of the rl split")
     samples_per_prompt: int = Field(4, ge=2)
@@ -538,8 +566,10 @@ class LaunchParams(_Section):
 class Params(_Section):
     seed: int = 42
     model: ModelParams = ModelParams()
+    adapter_base: Literal["base", "midtrain"] = "base"
     prompt: PromptParams = PromptParams()
     data: DataParams
+    midtrain: MidtrainParams = MidtrainParams()
     sft: SftParams = SftParams()
     preferences: PreferencesParams = PreferencesParams()
     reward_model: RewardModelParams = RewardModelParams()
@@ -558,10 +588,19 @@ class Params(_Section):
     tracking: TrackingParams = TrackingParams()
     launch: LaunchParams = LaunchParams()
 
+    @model_validator(mode="after")
+    def _midtrain_on_when_used(self) -> Params:
+        if self.adapter_base == "midtrain" and not self.midtrain.enabled:
+            raise ValueError("adapter_base: midtrain needs midtrain.enabled: true (off, models/midtrain is a copy "
+                             "of models/base)")
+        return self
+
 
 def _describe(error: dict, path: str) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    key = ".".join(str(part) for part in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
+    if not key:  # a check across sections names its keys itself
+        return f"{path}: {message}"
     if error["type"] == "extra_forbidden":
         return f"{path}: {key}: unknown key (misspelt, or not a knob of this version)"
     if error["type"] == "missing":

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.xdist_group("pipeline_smoke")
 
 REPO = Path(__file__).resolve().parent.parent
 COPIED = ["posttrain", "stages", "profiles", "dvc.yaml", ".dvc/config", ".dvcignore"]
-STAGE_RUNS = {"base", "prepare", "sft", "preferences", "reward_model", "dpo", "best_of_n", "rl", "safety", "distill",
+STAGE_RUNS = {"base", "prepare", "midtrain", "sft", "preferences", "reward_model", "dpo", "best_of_n", "rl", "safety", "distill",
               "tool_sft", "tool_rl", "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@rl", "evaluate@safety"}
 
 
@@ -52,7 +52,9 @@ def pipeline(tmp_path_factory):
         elif source.exists():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(profile_params("smoke", REPO / "params.yaml"), sort_keys=False))
+    # Every stage after midtrain builds on its model: the wiring of models/${adapter_base} runs end to end.
+    params = {**profile_params("smoke", REPO / "params.yaml"), "adapter_base": "midtrain"}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / ".gitignore").write_text("/mlflow.db\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "POSTTRAIN_"))}
     if os.environ.get("PYTEST_XDIST_WORKER"):  # a core is the other workers': the stages get one thread
@@ -138,6 +140,11 @@ def test_outputs_and_metrics(pipeline):
         <= metrics["gsm"]["strict_accuracy_ci95_high"] <= 1.0
     assert metrics["instructions"]["n_prompts"] == 6 and metrics["general"]["arc_easy"]["accuracy_n"] == 6
 
+    midtrain = json.loads((root / "metrics/midtrain.json").read_text())
+    assert midtrain["steps"] == 2 and midtrain["general_documents"] > 0  # replay: the base model's own samples
+    assert midtrain["domain_loss_before"] > 0 and midtrain["general_loss_after"] > 0
+    adapter = json.loads((root / "models/sft/adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "models/midtrain"  # adapter_base: midtrain
     sft = json.loads((root / "metrics/sft.json").read_text())
     assert sft["steps"] == 4 and sft["train_tokens"] > 0
     assert (root / "models/sft/adapter_model.safetensors").is_file()

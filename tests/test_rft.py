@@ -115,9 +115,10 @@ def test_no_correct_sample_in_any_round_stops_clearly_and_writes_nothing(sft_wor
 
 @pytest.mark.parametrize("stage, start, log, header", [
     ("rft", "sft", "loss.csv", "step,loss"), ("distill", "sft", "loss.csv", "step,loss"),
-    ("tool_sft", "sft", "loss.csv", "step,loss"), ("tool_rl", "sft", "log.csv", "step,reward")])
+    ("tool_sft", "sft", "loss.csv", "step,loss"), ("tool_rl", "sft", "log.csv", "step,reward"),
+    ("midtrain", "base", "loss.csv", "step,loss")])
 def test_a_stage_switched_off_passes_its_start_through(stage, start, log, header, sft_workspace, tmp_path):
-    """enabled: false (the default of rft, distill, tool_sft and tool_rl): dvc repro still gets every declared
+    """enabled: false (the default of rft, distill, tool_sft, tool_rl and midtrain): dvc repro still gets every declared
     output: a copy of the start checkpoint, metrics saying it is off, an empty log."""
     import shutil
 
