@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.config import DpoParams, Params
-from posttrain.models import CheckpointError, checkpoint_dirs, load_tokenizer
+from posttrain.models import adapter_checkpoint, load_tokenizer
 from posttrain import resume
 from posttrain.training import (
     checkpoints_for, load_base_for_training, save_adapter, trainer_arguments, write_log_history)
@@ -48,9 +48,7 @@ def train_dpo(params: Params, cfg: DpoParams, start_dir: str | Path, base_dir: s
     held-out monitor)."""
     from peft import PeftModel
 
-    base_dir, adapter_dir = checkpoint_dirs(start_dir, base_dir)
-    if adapter_dir is None:
-        raise CheckpointError(f"checkpoint {Path(start_dir).name!r} holds no LoRA adapter to continue training")
+    base_dir, adapter_dir = adapter_checkpoint(start_dir, base_dir)
     tokenizer = load_tokenizer(base_dir, padding_side="right")
     policy = PeftModel.from_pretrained(load_base_for_training(base_dir, "none"), adapter_dir, is_trainable=True)
     checkpoints = checkpoints_for(stage, params, sections, examples, [base_dir, adapter_dir])

@@ -50,11 +50,13 @@ Offline caveats
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from posttrain.errors import UserError
+from posttrain.io import json_objects
 
 # Built-in questions: (question, topic words used for keyword instructions).
 QUESTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -250,29 +252,33 @@ def make_prompts(n: int, seed: int, instructions_per_prompt: int = 1) -> list[di
 def load_prompts(path: str | Path) -> list[dict]:
     """Read prompts from JSONL: the real IFEval input format
     (``{"key", "prompt", "instruction_id_list", "kwargs"}``, e.g. IFEval's
-    ``input_data.jsonl``) or records written from :func:`make_prompts`."""
+    ``input_data.jsonl``) or records written from :func:`make_prompts`. A record of
+    neither shape is an error naming its line (evaluate.instructions.source)."""
     records: list[dict] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "instruction_id_list" in row:
-                rec = {"id": str(row["key"]), "question": row["prompt"],
-                       "instruction_ids": list(row["instruction_id_list"]),
-                       "kwargs": [dict(k or {}) for k in row.get("kwargs") or []],
-                       "prompt": row["prompt"]}
-            else:
-                rec = {"id": str(row["id"]), "question": row.get("question", row["prompt"]),
-                       "instruction_ids": list(row["instruction_ids"]),
-                       "kwargs": [dict(k or {}) for k in row.get("kwargs") or []],
-                       "prompt": row["prompt"]}
-            if not rec["kwargs"]:
-                rec["kwargs"] = [{} for _ in rec["instruction_ids"]]
-            if len(rec["kwargs"]) != len(rec["instruction_ids"]):
-                raise ValueError(f"{path}:{lineno}: {len(rec['instruction_ids'])} instruction ids "
-                                 f"but {len(rec['kwargs'])} kwargs")
-            records.append(rec)
+    for lineno, row in json_objects(path, missing=": no such file (evaluate.instructions.source)"):
+        ifeval = "instruction_id_list" in row or "key" in row
+        needed = ("key", "prompt", "instruction_id_list") if ifeval else ("id", "prompt", "instruction_ids")
+        lacking = [key for key in needed if key not in row]
+        if lacking:
+            raise UserError(f"{path}:{lineno}: lacks {', '.join(lacking)} (an IFEval record has key, prompt, "
+                            "instruction_id_list and kwargs)")
+        ids = row["instruction_id_list"] if ifeval else row["instruction_ids"]
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise UserError(f"{path}:{lineno}: the instruction ids must be a list of strings")
+        unknown = [i for i in ids if i not in _registry()]
+        if unknown:  # found now, not after the whole evaluation has generated
+            raise UserError(f"{path}:{lineno}: unknown IFEval instruction id(s) {', '.join(unknown)}")
+        rec = {"id": str(row["key"] if ifeval else row["id"]),
+               "question": row["prompt"] if ifeval else row.get("question", row["prompt"]),
+               "instruction_ids": list(ids),
+               "kwargs": [dict(k or {}) for k in row.get("kwargs") or []],
+               "prompt": row["prompt"]}
+        if not rec["kwargs"]:
+            rec["kwargs"] = [{} for _ in rec["instruction_ids"]]
+        if len(rec["kwargs"]) != len(rec["instruction_ids"]):
+            raise UserError(f"{path}:{lineno}: {len(rec['instruction_ids'])} instruction ids "
+                            f"but {len(rec['kwargs'])} kwargs")
+        records.append(rec)
     return records
 
 

@@ -74,29 +74,50 @@ class UpstreamOutputError(UserError):
     """A file an earlier stage wrote is missing or damaged."""
 
 
+def json_objects(path: str | Path, error: type[Exception] = UserError, fix: str = "",
+                 missing: str = ": no such file") -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines file: the one reader of
+    every JSONL the pipeline or its user gives it. Any fault is `error` in one line that
+    names the file and line, followed by `fix` (what to do about it): the file missing
+    (`missing` follows its name), UTF-16 text, a line that is not UTF-8, not JSON
+    or not an object. A UTF-8 byte-order mark (spreadsheet and Windows editor exports) is
+    accepted; lines end in \n, \r\n or \r."""
+    path = Path(path)
+    suffix = f"; {fix}" if fix else ""
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise error(f"{path}{missing}{suffix}") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise error(f"{path}: UTF-16 text; save it as UTF-8 (one JSON object per line){suffix}")
+    for number, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise error(f"{path}:{number}: not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
+                        f"{suffix or '; save the file as UTF-8'}") from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error(f"{path}:{number}: not valid JSON ({exc.msg}){suffix}") from None
+        if not isinstance(record, dict):
+            raise error(f"{path}:{number}: expected a JSON object, got {type(record).__name__}{suffix}")
+        yield number, record
+
+
 def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
     """The records of a JSONL file an earlier stage wrote, each an object with the
     `required` keys; a missing or damaged file is one line naming it (and the line) and
     how to restore it, not a traceback."""
-    path = Path(path)
     restore = f"restore it with `dvc checkout {path}` or rebuild it with `dvc repro`"
-    try:
-        data = path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise UpstreamOutputError(f"{path} is missing (an earlier stage writes it); {restore}") from None
     records = []
-    for number, line in enumerate(data.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise UpstreamOutputError(f"{path}:{number}: not UTF-8; {restore}") from None
-        except json.JSONDecodeError as exc:
-            raise UpstreamOutputError(f"{path}:{number}: not valid JSON ({exc.msg}); {restore}") from None
-        missing = [key for key in required if not isinstance(record, dict) or key not in record]
-        if missing:
-            raise UpstreamOutputError(f"{path}:{number}: record lacks {', '.join(missing)}; {restore}")
+    for number, record in json_objects(path, UpstreamOutputError, restore,
+                                       missing=" is missing (an earlier stage writes it)"):
+        lacking = [key for key in required if key not in record]
+        if lacking:
+            raise UpstreamOutputError(f"{path}:{number}: record lacks {', '.join(lacking)}; {restore}")
         records.append(record)
     return records
 

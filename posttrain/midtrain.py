@@ -8,12 +8,12 @@ from forgetting what it knew. Plain next-token prediction on every token, full w
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
 
 from posttrain.errors import UserError
+from posttrain.io import json_objects
 
 # JSONL fields read as a document's text, first match wins: plain text, or a GSM-format
 # problem with its worked solution (the project's own data as a domain corpus).
@@ -30,34 +30,29 @@ def read_corpus(path: str | Path) -> tuple[list[str], int]:
     JSON object, or an object with none of those fields, is an error naming the file and
     line: a corpus with the wrong shape is not silently read as nothing."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such corpus file")
     if path.suffix == ".txt":
-        paragraphs = path.read_text(encoding="utf-8").split("\n\n")
+        try:
+            paragraphs = path.read_text(encoding="utf-8").split("\n\n")
+        except (FileNotFoundError, IsADirectoryError):
+            raise UserError(f"{path}: no such corpus file") from None
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path}: not UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                            "save the file as UTF-8") from None
         documents = [p.strip() for p in paragraphs if p.strip()]
         return documents, len(paragraphs) - len(documents)
     if path.suffix != ".jsonl":
         raise UserError(f"{path}: a corpus is a .jsonl file (one document per line) or a .txt file "
                         "(documents separated by blank lines)")
     documents, empty = [], 0
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}:{number}: not JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            text = document_text(record)
-            if text is None:
-                raise UserError(f"{path}:{number}: a record needs a text field ({' or '.join(TEXT_FIELDS)}) "
-                                "or question with solution or answer")
-            if text.strip():
-                documents.append(text.strip())
-            else:
-                empty += 1
+    for number, record in json_objects(path, missing=": no such corpus file"):
+        text = document_text(record)
+        if text is None:
+            raise UserError(f"{path}:{number}: a record needs a text field ({' or '.join(TEXT_FIELDS)}) "
+                            "or question with solution or answer")
+        if text.strip():
+            documents.append(text.strip())
+        else:
+            empty += 1
     return documents, empty
 
 

@@ -246,6 +246,17 @@ def checkpoint_dirs(directory: str | Path, base_dir: str | Path) -> tuple[Path, 
     return base, None
 
 
+def adapter_checkpoint(directory: str | Path, base_dir: str | Path, role: str = "") -> tuple[Path, Path]:
+    """(base directory, adapter directory) of a checkpoint a stage continues training as a
+    LoRA adapter; one that holds a full model (or is the base) is a CheckpointError.
+    role: the params key that named it, for the message."""
+    base, adapter = checkpoint_dirs(directory, base_dir)
+    if adapter is None:
+        named = f" ({role})" if role else ""
+        raise CheckpointError(f"checkpoint {Path(directory).name!r} holds no LoRA adapter to continue training{named}")
+    return base, adapter
+
+
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_WEIGHTS_INDEX = "model.safetensors.index.json"

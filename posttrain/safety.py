@@ -118,8 +118,15 @@ def held_out_monitor(tokenizer, safety_rows: list[dict], safety_prompts: list[st
 
     class HeldOutMonitor(TrainerCallback):
         def __init__(self):
-            self.rows: list[dict] = []
+            self.state = None  # the trainer's state: its log_history holds the readings
             self.seconds = 0.0
+
+        @property
+        def rows(self) -> list[dict]:
+            """Every reading, with its step; a resumed run's include those from before its checkpoint."""
+            history = self.state.log_history if self.state is not None else []
+            return [{"step": e["step"], **{k: e[k] for k in HELD_OUT_KEYS if k in e}}
+                    for e in history if any(k in e for k in HELD_OUT_KEYS)]
 
         def read(self, model, state) -> None:
             began = time.perf_counter()
@@ -132,15 +139,12 @@ def held_out_monitor(tokenizer, safety_rows: list[dict], safety_prompts: list[st
             model.train(was_training)
             reading = held_out_reading(safety_rows, safety, gsm_records, gsm)
             state.log_history.append({"step": state.global_step, **reading})
-            self.rows.append({"step": state.global_step, **reading})
             self.seconds += time.perf_counter() - began
             if on_reading is not None and state.is_world_process_zero:
                 on_reading(state.global_step, reading)
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            # A resumed run: the readings its checkpoint holds come first.
-            self.rows = [{"step": e["step"], **{k: e[k] for k in HELD_OUT_KEYS if k in e}}
-                         for e in state.log_history if any(k in e for k in HELD_OUT_KEYS)]
+            self.state = state  # a resumed run's state holds the readings from before its checkpoint
             if state.global_step == 0:
                 self.read(model, state)
 

@@ -12,12 +12,12 @@ own JSONL file of the same shape:
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from pathlib import Path
 
 from posttrain.errors import UserError
+from posttrain.io import json_objects
 
 BUILTIN = "builtin"
 BUILTIN_PATH = Path(__file__).parent / "resources" / "safety_prompts.jsonl"
@@ -32,25 +32,8 @@ class SafetyDataError(UserError, ValueError):
 def read_safety_file(path: Path) -> list[dict]:
     """Every row, validated; a bad row is an error naming its line (this set is small and curated)."""
     rows, ids = [], set()
-    data = Path(path).read_bytes()
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise SafetyDataError(f"{path}: UTF-16 text; save it as UTF-8 (one JSON object per line)")
-    # A UTF-8 byte-order mark (spreadsheet and Windows editor exports) is accepted.
-    for number, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").splitlines(), start=1):
+    for number, row in json_objects(path, SafetyDataError):
         where = f"{path}:{number}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise SafetyDataError(f"{where}: not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1}); "
-                                  "save the file as UTF-8") from None
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SafetyDataError(f"{where}: invalid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise SafetyDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
         missing = [key for key in REQUIRED if not isinstance(row.get(key), str) or not row[key].strip()]
         if missing:
             raise SafetyDataError(f"{where}: missing or empty field(s) {', '.join(missing)}")

@@ -46,7 +46,7 @@ if cfg.method == "teacher_traces":
 from posttrain import runtime, tracking  # noqa: E402
 from posttrain.generation import gsm_messages  # noqa: E402
 from posttrain.io import GSM_RECORD, read_jsonl, write_json  # noqa: E402
-from posttrain.models import CheckpointError, checkpoint_dirs  # noqa: E402
+from posttrain.models import adapter_checkpoint  # noqa: E402
 from posttrain.training import write_log_history  # noqa: E402
 
 SECTIONS = ["seed", "prompt", "distill", "generation"]  # the params sections this stage reads
@@ -54,9 +54,7 @@ SECTIONS = ["seed", "prompt", "distill", "generation"]  # the params sections th
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("distill", params, SECTIONS):
     records = read_jsonl(args.prompts, GSM_RECORD)[: cfg.num_prompts]
-    base_dir, student_adapter = checkpoint_dirs(args.student, args.base)
-    if student_adapter is None:
-        raise CheckpointError(f"checkpoint {args.student.name!r} holds no LoRA adapter to train (distill.student)")
+    base_dir, student_adapter = adapter_checkpoint(args.student, args.base, "distill.student")
     teacher = cfg.teacher_model or args.teacher
     conversations = [gsm_messages(r["question"], params.prompt) for r in records]
     metrics = {"method": cfg.method, "student": args.student.name,

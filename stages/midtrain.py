@@ -27,6 +27,9 @@ args = stage_arguments(__doc__, base="the base model (stage base)",
                        metrics="metrics JSON to write", log="per-step loss CSV to write")
 params = load_params()
 cfg = params.midtrain
+from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
+
+checkpoint_dirs(args.base, args.base)  # a missing or damaged base is one line, on or off
 if not cfg.enabled:  # the default: the base model passes through
     from posttrain.adapter_sft import pass_through
 
@@ -43,8 +46,9 @@ from posttrain.errors import UserError  # noqa: E402
 from posttrain.io import atomic_dir, write_json  # noqa: E402
 from posttrain.midtrain import (  # noqa: E402
     general_tokens_needed, read_corpus, split_held_out, take_tokens, train_only_last_layers)
-from posttrain.models import load_tokenizer  # noqa: E402
 from posttrain.training import checkpoints_for, load_base_for_training, trainer_arguments, write_log_history  # noqa: E402
+
+domain, empty_domain = read_corpus(args.domain)  # a bad corpus fails here, before the heavy imports
 
 SECTIONS = ["seed", "midtrain", "generation"]  # the params this stage reads
 
@@ -101,7 +105,6 @@ with tracking.stage_run("midtrain", params, SECTIONS):
     def token_count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # + the eos that ends it
 
-    domain, empty_domain = read_corpus(args.domain)
     domain = domain[: cfg.max_domain_documents]
     domain_train, domain_held_out = split_held_out(domain, cfg.held_out_share, params.seed)
     domain_tokens = sum(token_count(d) for d in domain_train)

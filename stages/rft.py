@@ -37,7 +37,7 @@ exit_unless_available(params.generation)
 from posttrain import runtime, tracking  # noqa: E402
 from posttrain.generation import gsm_messages, render_prompts  # noqa: E402
 from posttrain.io import GSM_RECORD, atomic_dir, read_jsonl, write_json  # noqa: E402
-from posttrain.models import CheckpointError, checkpoint_dirs, load_tokenizer  # noqa: E402
+from posttrain.models import adapter_checkpoint, load_tokenizer  # noqa: E402
 from posttrain.adapter_sft import continue_sft  # noqa: E402
 from posttrain.rft import sft_conversations, verified_samples  # noqa: E402
 from posttrain.training import write_rows_csv  # noqa: E402
@@ -48,9 +48,7 @@ cfg = params.rft
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("rft", params, SECTIONS), tempfile.TemporaryDirectory(prefix="rft-rounds-") as scratch:
     records = read_jsonl(args.prompts, GSM_RECORD)[: cfg.num_prompts]
-    base_dir, adapter_dir = checkpoint_dirs(args.start, args.base)
-    if adapter_dir is None:
-        raise CheckpointError(f"checkpoint {args.start.name!r} holds no LoRA adapter to continue training")
+    base_dir, adapter_dir = adapter_checkpoint(args.start, args.base)
     prompts = render_prompts(load_tokenizer(base_dir), [gsm_messages(r["question"], params.prompt) for r in records])
 
     current, rounds, losses, step_offset = adapter_dir, [], [], 0

@@ -29,7 +29,7 @@ from posttrain import resume, runtime, tracking  # noqa: E402
 from posttrain.adapters import sort_target_modules  # noqa: E402
 from posttrain.generation import chat_messages, gsm_messages  # noqa: E402
 from posttrain.io import GSM_RECORD, SAFETY_PROMPT, atomic_dir, read_jsonl, write_json  # noqa: E402
-from posttrain.models import load_tokenizer  # noqa: E402
+from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.safety_data import held_out_split  # noqa: E402
 from posttrain.training import (  # noqa: E402
     checkpoints_for, fit_to_length, gathered_state_dict, load_base_for_training, lora_config, trainer_arguments,
@@ -38,6 +38,7 @@ from posttrain.training import (  # noqa: E402
 SECTIONS = ["seed", "prompt", "sft", "safety.held_out_prompts"]  # the params this stage reads
 cfg = params.sft
 
+checkpoint_dirs(args.base, args.base)  # a missing or damaged base is one line now, not a hub lookup error later
 threads = runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("sft", params, SECTIONS):
     from datasets import Dataset

@@ -47,7 +47,7 @@ exit_unless_available(params.generation)
 from posttrain import resume, runtime, tracking  # noqa: E402
 from posttrain.gsm import grade  # noqa: E402
 from posttrain.io import GSM_RECORD, read_jsonl, write_json, write_jsonl  # noqa: E402
-from posttrain.models import CheckpointError, checkpoint_dirs, load_tokenizer  # noqa: E402
+from posttrain.models import adapter_checkpoint, load_tokenizer  # noqa: E402
 from posttrain.stats import paired_change  # noqa: E402
 from posttrain.tool_use import (  # noqa: E402
     solve_with_tool, tool_grpo_trainer, tool_use_summary)
@@ -62,9 +62,7 @@ with tracking.stage_run("tool_rl", params, SECTIONS):
 
     records = read_jsonl(args.prompts, GSM_RECORD)[: cfg.num_prompts]
     test = read_jsonl(args.test, GSM_RECORD)[: cfg.eval_problems]
-    base_dir, adapter_dir = checkpoint_dirs(args.start, args.base)
-    if adapter_dir is None:
-        raise CheckpointError(f"checkpoint {args.start.name!r} holds no LoRA adapter to train")
+    base_dir, adapter_dir = adapter_checkpoint(args.start, args.base)
 
     # 1. GRPO, the tool in the loop.
     tokenizer = load_tokenizer(base_dir)

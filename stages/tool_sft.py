@@ -48,7 +48,7 @@ from posttrain.adapter_sft import continue_sft  # noqa: E402
 from posttrain.generation import gsm_messages, render_prompts  # noqa: E402
 from posttrain.gsm import grade  # noqa: E402
 from posttrain.io import GSM_RECORD, read_jsonl, write_json, write_jsonl  # noqa: E402
-from posttrain.models import CheckpointError, checkpoint_dirs, load_tokenizer  # noqa: E402
+from posttrain.models import adapter_checkpoint, load_tokenizer  # noqa: E402
 from posttrain.stats import paired_change, rate_summary  # noqa: E402
 from posttrain.tool_use import (  # noqa: E402
     CALL, solve_with_tool, tool_chat_template, tool_conversation, tool_schemas, tool_use_summary)
@@ -60,9 +60,7 @@ runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("tool_sft", params, SECTIONS):
     train = read_jsonl(args.train, GSM_RECORD)[: cfg.num_examples]
     test = read_jsonl(args.test, GSM_RECORD)[: cfg.eval_problems]
-    base_dir, adapter_dir = checkpoint_dirs(args.start, args.base)
-    if adapter_dir is None:
-        raise CheckpointError(f"checkpoint {args.start.name!r} holds no LoRA adapter to continue training")
+    base_dir, adapter_dir = adapter_checkpoint(args.start, args.base)
 
     # 1-2. Tool-calling conversations, and SFT on their assistant turns.
     built = [tool_conversation(record, params.prompt) for record in train]

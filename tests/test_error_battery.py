@@ -154,6 +154,13 @@ CASES = {
     "missing prepared split": Case("sft", "data/prepared/sft.jsonl is missing (an earlier stage writes it); "
                                    + RESTORE.format("data/prepared/sft.jsonl"),
                                    fault=remove("data/prepared/sft.jsonl")),
+    "base model gone before sft": Case("sft", "checkpoint 'base': models/base does not exist; "
+                                       + CHECKPOINT.format("base"), fault=remove("models/base")),
+    "IFEval prompt without its instruction ids": Case(
+        "evaluate@sft", "ifeval.jsonl:2: lacks instruction_id_list (an IFEval record has key, prompt, "
+        "instruction_id_list and kwargs)", {"evaluate": {"instructions": {"prompts": 4, "source": "ifeval.jsonl"}}},
+        write("ifeval.jsonl", b'{"key": 1, "prompt": "Hi.", "instruction_id_list": ["punctuation:no_comma"]}\n'
+                              b'{"key": 2, "prompt": "Hi."}\n')),
     "missing test split": Case("evaluate@sft", "data/prepared/test.jsonl is missing (an earlier stage writes it); "
                                + RESTORE.format("data/prepared/test.jsonl"), fault=remove("data/prepared/test.jsonl")),
 }

@@ -234,3 +234,25 @@ def test_aggregate_scores_equal_hand_computed_values():
     assert ins.compare_items(s["items"], s_b["items"], "loose")["only_b"] == 2
     with pytest.raises(ValueError):
         ins.score(records, responses[:2])
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"key": 1, "prompt": "Hi."}', "input.jsonl:2: lacks instruction_id_list"),
+    ('{"key": 1, "prompt": "Hi.", "instruction_id_list": ["no:such_check"]}',
+     "input.jsonl:2: unknown IFEval instruction id\\(s\\) no:such_check"),
+    ('{"key": 1, "prompt": "Hi.", "instruction_id_list": "punctuation:no_comma"}',
+     "input.jsonl:2: the instruction ids must be a list"),
+    ('{"key": 1, "prompt": "Hi.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}, {}]}',
+     "input.jsonl:2: 1 instruction ids but 2 kwargs"),
+    ("{oops", "input.jsonl:2: not valid JSON"),
+])
+def test_a_bad_prompt_file_is_one_error_naming_its_line_before_any_generation(line, message, tmp_path):
+    from posttrain.errors import UserError
+
+    good = {"key": 1, "prompt": "Say hi.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
+    path = tmp_path / "input.jsonl"
+    path.write_text(json.dumps(good) + "\n" + line + "\n")
+    with pytest.raises(UserError, match=message):
+        ins.load_prompts(path)
+    with pytest.raises(UserError, match="nothing.jsonl: no such file \\(evaluate.instructions.source\\)"):
+        ins.load_prompts(tmp_path / "nothing.jsonl")

@@ -35,7 +35,7 @@ def test_text_documents_are_paragraphs(tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [
-    ("{not json", "domain.jsonl:2: not JSON"),
+    ("{not json", "domain.jsonl:2: not valid JSON"),
     ('["a list"]', "domain.jsonl:2: expected a JSON object, got list"),
     ('{"title": "no text"}', "domain.jsonl:2: a record needs a text field"),
 ])

@@ -6,7 +6,7 @@ import json
 import pytest
 from safetensors import safe_open
 
-from posttrain.models import CheckpointError, checkpoint_dirs, safetensors_problem
+from posttrain.models import CheckpointError, adapter_checkpoint, checkpoint_dirs, safetensors_problem
 
 HINT = "restore it with `dvc checkout models/{d}` or rebuild it with `dvc repro {d}`"
 
@@ -144,3 +144,14 @@ def test_sharded_model_with_a_missing_shard(models):
     message = one_line_error("merged", snapshot(models), models)
     assert message == ("checkpoint 'merged': models/merged/model-00002-of-00002.safetensors is missing; "
                        f"{HINT.format(d='merged')}")
+
+
+def test_a_stage_that_continues_an_adapter_refuses_a_full_model_by_name(models):
+    assert adapter_checkpoint(models / "sft", models / "base") == (models / "base", models / "sft")
+    with pytest.raises(CheckpointError, match="^checkpoint 'merged' holds no LoRA adapter to continue training "
+                                              r"\(distill.student\)$"):
+        adapter_checkpoint(models / "merged", models / "base", "distill.student")
+    with pytest.raises(CheckpointError, match="^checkpoint 'base' holds no LoRA adapter to continue training$"):
+        adapter_checkpoint(models / "base", models / "base")
+    with pytest.raises(CheckpointError, match="models/gone does not exist"):
+        adapter_checkpoint(models / "gone", models / "base")
