@@ -1,8 +1,10 @@
 """The generation engine against transformers generate(), one run each, side by side.
 
-    PYTHONPATH=. python bench/generation.py [--checkpoint sft] [--problems 200] [--dtypes float32 bfloat16]
+    PYTHONPATH=. python bench/generation.py [--checkpoint models/sft] [--base models/base] [--problems 200]
+        [--dtypes float32 bfloat16]
 
-Run from the repository root after `dvc repro sft` (reads models/, data/prepared/test.jsonl).
+Run from the repository root (or any pipeline workspace) after `dvc repro sft`: it reads that
+directory's params.yaml, models/ and data/prepared/test.jsonl.
 Same prompts and settings as stage evaluate's GSM half (greedy, evaluate.max_new_tokens,
 stop once the `#### N` line is complete), each engine in its own fresh process with
 the stage's thread count. Prints, per engine: start-up seconds (model load, and for
@@ -30,14 +32,14 @@ from posttrain.gsm import grade
 from posttrain.io import read_jsonl
 from posttrain.models import checkpoint_dirs, load_tokenizer
 
-engine_name, dtype, checkpoint, n, out = sys.argv[1:6]
+engine_name, dtype, checkpoint, base, n, out = sys.argv[1:7]
 params = load_params()
 threads = runtime.setup(params.runtime, params.seed)
 problems = read_jsonl("data/prepared/test.jsonl")[: int(n)]
-tokenizer = load_tokenizer(checkpoint_dirs(checkpoint)[0])
+tokenizer = load_tokenizer(checkpoint_dirs(checkpoint, base)[0])
 prompts = render_prompts(tokenizer, [gsm_messages(p["question"], params.prompt) for p in problems])
 cfg = params.generation.model_copy(update={"engine": engine_name, "dtype": dtype})
-with open_engine(cfg, checkpoint, params.seed, params.evaluate.batch_size) as engine:
+with open_engine(cfg, checkpoint, base, params.seed, params.evaluate.batch_size) as engine:
     result = engine.generate(prompts, params.evaluate.max_new_tokens, 0.0, 1.0, stop_after_answer=True)
 json.dump({"startup_seconds": engine.startup_seconds, "seconds": result.seconds, "threads": threads,
            "tokens": sum(result.completion_tokens), "completions": result.completions,
@@ -46,25 +48,29 @@ json.dump({"startup_seconds": engine.startup_seconds, "seconds": result.seconds,
 """
 
 
-def run(engine: str, dtype: str, checkpoint: str, problems: int, scratch: Path) -> dict:
+def run(engine: str, dtype: str, checkpoint: str, base: str, problems: int, scratch: Path) -> dict:
     out = scratch / f"{engine}-{dtype}.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": "PASSIVE",
            "MLFLOW_TRACKING_URI": "sqlite:///:memory:"}
-    subprocess.run([sys.executable, "-c", WORKER, engine, dtype, checkpoint, str(problems), str(out)], cwd=REPO,
-                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.run([sys.executable, "-c", WORKER, engine, dtype, checkpoint, base, str(problems), str(out)],
+                            cwd=Path.cwd(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if worker.returncode != 0:  # the worker's own last lines say why (a missing checkpoint, no vLLM, ...)
+        last_lines = "\n".join(worker.stderr.splitlines()[-5:])
+        sys.exit(f"bench/generation.py: the {engine} {dtype} run failed:\n{last_lines}")
     return json.loads(out.read_text())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint", default="sft")
+    parser.add_argument("--checkpoint", default="models/sft", help="a pipeline checkpoint directory")
+    parser.add_argument("--base", default="models/base", help="the base model its adapter is on")
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        reference = run("hf", "float32", args.checkpoint, args.problems, Path(scratch))
+        reference = run("hf", "float32", args.checkpoint, args.base, args.problems, Path(scratch))
         rows = [("hf", "float32", reference)]
-        rows += [("vllm", dtype, run("vllm", dtype, args.checkpoint, args.problems, Path(scratch)))
+        rows += [("vllm", dtype, run("vllm", dtype, args.checkpoint, args.base, args.problems, Path(scratch)))
                  for dtype in args.dtypes]
     base_rate = reference["tokens"] / reference["seconds"]
     print(f"checkpoint {args.checkpoint}, {args.problems} GSM test problems, greedy, "
