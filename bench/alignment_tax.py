@@ -3,8 +3,8 @@ checkpoints on generated problems that no prepared split contains, paired per pr
 
     PYTHONPATH=. python bench/alignment_tax.py [--problems 300] [--before rl] [--after safety]
 
-The pipeline's test split (100 problems by default) leaves about ±7 points of noise on
-the difference between two checkpoints; this measures the same change on more problems,
+The pipeline's test split (500 problems by default; compare pairs them) leaves about ±4
+points of noise on the difference between two checkpoints; this measures the same change on more problems,
 from the same generator (params' data.synthetic with seed + 1), the same prompt, the
 same decoding and the same verifier as evaluate. Run from the repository root after
 `dvc repro` (reads models/ and data/prepared/). About 5 min per checkpoint per 300
@@ -13,7 +13,6 @@ problems on 2 CPU cores.
 
 import argparse
 import json
-from math import comb
 
 from posttrain.config import load_params
 
@@ -21,6 +20,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--problems", type=int, default=300)
 parser.add_argument("--before", default="rl")
 parser.add_argument("--after", default="safety")
+parser.add_argument("--base", default="models/base", help="the base model the checkpoints' adapters are on")
 args = parser.parse_args()
 params = load_params()
 if params.data.source != "synthetic":
@@ -31,6 +31,7 @@ from posttrain.generation import generate, gsm_messages, render_prompts  # noqa:
 from posttrain.gsm import grade  # noqa: E402
 from posttrain.io import read_jsonl  # noqa: E402
 from posttrain.models import checkpoint_dirs, load_causal_lm, load_tokenizer  # noqa: E402
+from posttrain.stats import paired_change, rate_summary  # noqa: E402
 from posttrain.synthetic import generate_problems  # noqa: E402
 
 runtime.setup(params.runtime, params.seed)
@@ -43,7 +44,7 @@ answers = [p["answer"].split("####")[-1].strip() for p in problems]
 
 correct = {}
 for name in (args.before, args.after):
-    base_dir, adapter_dir = checkpoint_dirs(name)
+    base_dir, adapter_dir = checkpoint_dirs(f"models/{name}", args.base)
     tokenizer = load_tokenizer(base_dir)
     model = load_causal_lm(base_dir, adapter_dir)
     prompts = render_prompts(tokenizer, [gsm_messages(p["question"], params.prompt) for p in problems])
@@ -51,12 +52,6 @@ for name in (args.before, args.after):
     correct[name] = [grade(c, a).strict_correct for c, a in zip(out.completions, answers)]
 
 before, after = correct[args.before], correct[args.after]
-lost = sum(b and not a for b, a in zip(before, after))
-gained = sum(a and not b for b, a in zip(before, after))
-# Exact McNemar test on the problems whose outcome changed.
-n = lost + gained
-p_value = min(1.0, 2 * sum(comb(n, i) for i in range(min(lost, gained) + 1)) / 2**n) if n else 1.0
-print(json.dumps({"problems": len(problems), f"{args.before}_strict": round(sum(before) / len(problems), 4),
-                  f"{args.after}_strict": round(sum(after) / len(problems), 4),
-                  "change": round((sum(after) - sum(before)) / len(problems), 4),
-                  "lost": lost, "gained": gained, "mcnemar_p": round(p_value, 3)}, indent=1))
+change = paired_change(dict(enumerate(before)), dict(enumerate(after)))  # exact McNemar, as compare
+print(json.dumps({"problems": len(problems), f"{args.before}_strict": rate_summary(before),
+                  f"{args.after}_strict": rate_summary(after), "change": change}, indent=1))
