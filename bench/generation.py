@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="models/sft", help="a pipeline checkpoint directory")
     parser.add_argument("--base", default="models/base", help="the base model its adapter is on")
     parser.add_argument("--problems", type=int, default=200)
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"], help="vLLM's; none: hf alone")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         reference = run("hf", "float32", args.checkpoint, args.base, args.problems, Path(scratch))

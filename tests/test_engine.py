@@ -182,18 +182,18 @@ def test_generating_stages_run_on_the_hf_engine(sft_workspace, tmp_path):
     assert json.loads((root / "metrics/safety.json").read_text())["steps"] == 1
 
 
-def test_the_generation_benchmark_runs_both_engines_on_a_workspace(sft_workspace):
-    """bench/generation.py (make bench) on the tiny workspace: one row per engine, and vLLM in
-    fp32 writes hf's greedy completions (3/3 identical, 3/3 graded the same)."""
+def test_the_generation_benchmark_runs_on_a_workspace(sft_workspace):
+    """bench/generation.py (make bench) on the tiny workspace, the hf engine alone (vLLM's
+    start would double its time; the vLLM path is the same worker code, and vLLM fp32
+    against hf is tested above): one row, every completion its own reference."""
     import subprocess
     import sys
 
     from conftest import REPO, stage_env
 
-    command = [sys.executable, str(REPO / "bench/generation.py"), "--problems", "3", "--dtypes", "float32"]
+    command = [sys.executable, str(REPO / "bench/generation.py"), "--problems", "3", "--dtypes"]
     result = subprocess.run(command, cwd=sft_workspace, env=stage_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = {line.split()[0] + " " + line.split()[1]: line.split() for line in result.stdout.splitlines()
-            if line.startswith(("hf ", "vllm "))}
-    assert set(rows) == {"hf float32", "vllm float32"}
-    assert rows["vllm float32"][6:8] == ["3/3", "3/3"]  # identical completions, same grades
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("hf ", "vllm "))]
+    assert [row[:2] for row in rows] == [["hf", "float32"]]
+    assert rows[0][5:8] == ["1.00x", "3/3", "3/3"]
