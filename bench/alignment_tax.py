@@ -3,8 +3,8 @@ checkpoints on generated problems that no prepared split contains, paired per pr
 
     PYTHONPATH=. python bench/alignment_tax.py [--problems 300] [--before rl] [--after safety]
 
-The pipeline's test split (500 problems by default; compare pairs them) leaves about ±4
-points of noise on the difference between two checkpoints; this measures the same change on more problems,
+The pipeline's test split (500 problems by default) leaves ±3-4 points of noise on the
+difference between two checkpoints (compare's paired intervals); this measures the same change on more problems,
 from the same generator (params' data.synthetic with seed + 1), the same prompt, the
 same decoding and the same verifier as evaluate. Run from the repository root after
 `dvc repro` (reads models/ and data/prepared/). About 5 min per checkpoint per 300
@@ -20,7 +20,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--problems", type=int, default=300)
 parser.add_argument("--before", default="rl")
 parser.add_argument("--after", default="safety")
-parser.add_argument("--base", default="models/base", help="the base model the checkpoints' adapters are on")
+parser.add_argument("--base", help="the model the checkpoints' adapters are on (default: models/<adapter_base>)")
 args = parser.parse_args()
 params = load_params()
 if params.data.source != "synthetic":
@@ -44,7 +44,7 @@ answers = [p["answer"].split("####")[-1].strip() for p in problems]
 
 correct = {}
 for name in (args.before, args.after):
-    base_dir, adapter_dir = checkpoint_dirs(f"models/{name}", args.base)
+    base_dir, adapter_dir = checkpoint_dirs(f"models/{name}", args.base or f"models/{params.adapter_base}")
     tokenizer = load_tokenizer(base_dir)
     model = load_causal_lm(base_dir, adapter_dir)
     prompts = render_prompts(tokenizer, [gsm_messages(p["question"], params.prompt) for p in problems])

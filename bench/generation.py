@@ -1,6 +1,6 @@
 """The generation engine against transformers generate(), one run each, side by side.
 
-    PYTHONPATH=. python bench/generation.py [--checkpoint models/sft] [--base models/base] [--problems 200]
+    PYTHONPATH=. python bench/generation.py [--checkpoint models/sft] [--base DIR] [--problems 200]
         [--dtypes float32 bfloat16]
 
 Run from the repository root (or any pipeline workspace) after `dvc repro sft`: it reads that
@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from posttrain.config import load_params
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,14 +65,15 @@ def run(engine: str, dtype: str, checkpoint: str, base: str, problems: int, scra
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkpoint", default="models/sft", help="a pipeline checkpoint directory")
-    parser.add_argument("--base", default="models/base", help="the base model its adapter is on")
+    parser.add_argument("--base", help="the model its adapter is on (default: models/<adapter_base> of params.yaml)")
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"], help="vLLM's; none: hf alone")
     args = parser.parse_args()
+    base = args.base or f"models/{load_params().adapter_base}"  # where dvc.yaml builds the adapters
     with tempfile.TemporaryDirectory() as scratch:
-        reference = run("hf", "float32", args.checkpoint, args.base, args.problems, Path(scratch))
+        reference = run("hf", "float32", args.checkpoint, base, args.problems, Path(scratch))
         rows = [("hf", "float32", reference)]
-        rows += [("vllm", dtype, run("vllm", dtype, args.checkpoint, args.base, args.problems, Path(scratch)))
+        rows += [("vllm", dtype, run("vllm", dtype, args.checkpoint, base, args.problems, Path(scratch)))
                  for dtype in args.dtypes]
     base_rate = reference["tokens"] / reference["seconds"]
     print(f"checkpoint {args.checkpoint}, {args.problems} GSM test problems, greedy, "
