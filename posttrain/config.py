@@ -288,6 +288,9 @@ class RewardModelParams(TrainParams):
                                           "backbone); best_of_n and rl load the same one under its adapter")
     learning_rate: float = Field(5e-4, gt=0)
     epochs: float = Field(2.0, gt=0)
+    # 8 pairs per optimiser step in two forward/backward passes of 4: half the activations
+    batch_size: int = Field(4, gt=0)
+    gradient_accumulation_steps: int = Field(2, gt=0)
     logging_steps: int = Field(2, gt=0)
     lora: LoraParams = LoraParams()
     max_length: int = Field(256, ge=16)
@@ -319,6 +322,9 @@ class DpoParams(TrainParams):
     objective: Literal["dpo", "kto", "orpo", "simpo"] = Field(
         "dpo", description="dpo: TRL's DPOTrainer (loss_type, beta); kto: KTOTrainer on the pairs unpaired (beta, "
         "kto.*); orpo: ORPOTrainer (orpo.beta); simpo: CPOTrainer with the SimPO loss (simpo.*)")
+    # 8 pairs per optimiser step in two forward/backward passes of 4: half the activations
+    batch_size: int = Field(4, gt=0)
+    gradient_accumulation_steps: int = Field(2, gt=0)
     logging_steps: int = Field(2, gt=0)
     beta: float = Field(0.1, gt=0, description="dpo and kto: strength of the implicit KL to the reference")
     loss_type: Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -434,6 +440,8 @@ class RlParams(_Section):
     steps: int = Field(10, gt=0)
     prompts_per_step: int = Field(4, gt=0)
     num_generations: int = Field(4, ge=1, description="completions per prompt (the group)")
+    micro_batches: int = Field(2, gt=0, description="TRL algorithms: a step's completions go through forward and "
+                               "backward in this many parts (gradient accumulation): the same update, less memory")
     temperature: float = Field(0.8, gt=0)
     max_new_tokens: int = Field(128, gt=0)
     learning_rate: float = Field(1e-4, gt=0)
@@ -460,6 +468,10 @@ class RlParams(_Section):
     def _groups_need_two(self) -> RlParams:
         if self.algorithm not in OWN_ALGORITHMS and self.num_generations < 2:
             raise ValueError(f"num_generations must be at least 2 for {self.algorithm}: it normalises within groups")
+        if (self.prompts_per_step * self.num_generations) % self.micro_batches:
+            raise ValueError(f"micro_batches: {self.micro_batches} does not divide a step's "
+                             f"{self.prompts_per_step * self.num_generations} completions "
+                             "(prompts_per_step x num_generations)")
         if self.vllm and self.vllm_mode == "server" and self.algorithm in OWN_ALGORITHMS:
             raise ValueError(f"vllm_mode: {self.algorithm} samples with vLLM in its own process only; set vllm_mode: "
                              "colocate or use a TRL algorithm (grpo, dr_grpo, dapo, gspo, rloo)")
@@ -522,7 +534,7 @@ class SafetyParams(DpoParams):
     held_out_gsm_prompts: int = Field(16, ge=0, description="last N prompts of the rl split (inside rl's own "
                                       "held-out slice by default), kept out of the replay: greedy strict accuracy "
                                       "on them every eval_every_steps; 0 = off")
-    eval_every_steps: int = Field(10, gt=0, description="the held-out monitor before step 1, every N steps and "
+    eval_every_steps: int = Field(20, gt=0, description="the held-out monitor before step 1, every N steps and "
                                   "after the last")
     interpolation: float = Field(
         0.85, gt=0, le=1, description="the saved checkpoint is start + interpolation * (trained - start): weight-space "

@@ -82,6 +82,10 @@ with tracking.stage_run("sft", params, SECTIONS):
         packing=cfg.packing,
         assistant_only_loss=cfg.assistant_only_loss,
         include_num_input_tokens_seen="non_padding",
+        # Batches padded to a multiple of 64 tokens come in a handful of shapes, so the CPU
+        # allocator reuses freed blocks: with every length its own shape, resident memory grew
+        # by ~15 MB a step (4.4 GiB after 120 steps; 3.1 GiB flat with this).
+        pad_to_multiple_of=64,
     )
     trainer = SFTTrainer(
         model=load_base_for_training(args.base, cfg.quantization),
