@@ -121,7 +121,10 @@ def workspace(tiny_workspace, tmp_path) -> Path:
     return root
 
 
-FAST = {"learning_rate": 5e-3, "warmup_ratio": 0.0, "lr_scheduler": "constant", "logging_steps": 1, "batch_size": 4}
+# One pass per step: params.yaml splits dpo/reward_model/safety steps in two passes to save memory, which
+# the tiny model does not need (the smoke pipeline keeps the split for dpo and reward_model).
+FAST = {"learning_rate": 5e-3, "warmup_ratio": 0.0, "lr_scheduler": "constant", "logging_steps": 1, "batch_size": 4,
+        "gradient_accumulation_steps": 1}
 
 
 @pytest.fixture(scope="session")

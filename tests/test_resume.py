@@ -27,7 +27,7 @@ RUNS = {  # stage -> (script, overrides): enough steps that a kill lands mid-run
     "dpo": ("dpo", {"dpo": {**FAST, "max_steps": 30}}),
     "reward_model": ("reward_model", {"reward_model": {**FAST, "max_steps": 30}}),
     "rl_grpo": ("rl", {"rl": {"algorithm": "grpo", "vllm": False, "num_prompts": 4, "steps": 24, "prompts_per_step": 2,
-                              "num_generations": 2, "max_new_tokens": 8, "learning_rate": 1e-2,
+                              "num_generations": 2, "micro_batches": 1, "max_new_tokens": 8, "learning_rate": 1e-2,
                               "reward": {"exact": 1.0, "format": 0.1, "length": 0.5}}}),
     "rl_reinforce_ema": ("rl", {"rl": {"algorithm": "reinforce_ema", "vllm": False, "num_prompts": 4, "steps": 24,
                                        "prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 8,
