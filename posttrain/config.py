@@ -188,7 +188,7 @@ class GenerationParams(_Section):
     dtype: Literal["float32", "bfloat16"] = Field(
         "bfloat16", description="vLLM weights and activations; float32 reproduces hf's greedy outputs exactly")
     max_num_seqs: int = Field(256, gt=0, description="vLLM: sequences decoded together (continuous batching)")
-    kv_cache_gib: int = Field(1, gt=0, description="vLLM on CPU: GiB reserved for the KV cache")
+    kv_cache_gib: float = Field(1, gt=0, description="vLLM on CPU: GiB reserved (and resident) for the KV cache")
 
 
 class LoraParams(_Section):
@@ -440,7 +440,7 @@ class RlParams(_Section):
     steps: int = Field(10, gt=0)
     prompts_per_step: int = Field(4, gt=0)
     num_generations: int = Field(4, ge=1, description="completions per prompt (the group)")
-    micro_batches: int = Field(2, gt=0, description="TRL algorithms: a step's completions go through forward and "
+    micro_batches: int = Field(4, gt=0, description="TRL algorithms: a step's completions go through forward and "
                                "backward in this many parts (gradient accumulation): the same update, less memory")
     temperature: float = Field(0.8, gt=0)
     max_new_tokens: int = Field(128, gt=0)
@@ -459,6 +459,8 @@ class RlParams(_Section):
     vllm_mode: Literal["colocate", "server"] = Field(
         "colocate", description="colocate: vLLM inside each training process; server: a separate `trl vllm-serve`")
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="colocate: GPU memory share for vLLM")
+    vllm_kv_cache_gib: float = Field(0.25, gt=0, description="colocate on CPU: GiB of KV cache for the sampler, "
+                                     "resident beside training (in place of generation.kv_cache_gib)")
     vllm_server_url: str | None = Field(None, min_length=1, description="server: base URL; null = http://0.0.0.0:8000")
     vllm_importance_sampling: bool = Field(
         False, description="GRPO family with vLLM: reweight by the trainer's over vLLM's log-probs (truncated "
@@ -468,7 +470,7 @@ class RlParams(_Section):
     def _groups_need_two(self) -> RlParams:
         if self.algorithm not in OWN_ALGORITHMS and self.num_generations < 2:
             raise ValueError(f"num_generations must be at least 2 for {self.algorithm}: it normalises within groups")
-        if (self.prompts_per_step * self.num_generations) % self.micro_batches:
+        if self.algorithm not in OWN_ALGORITHMS and (self.prompts_per_step * self.num_generations) % self.micro_batches:
             raise ValueError(f"micro_batches: {self.micro_batches} does not divide a step's "
                              f"{self.prompts_per_step * self.num_generations} completions "
                              "(prompts_per_step x num_generations)")
@@ -520,6 +522,9 @@ class SafetyParams(DpoParams):
     """Refusal alignment: DPO on safety pairs plus replayed GSM pairs, from `start`."""
 
     start: Literal["sft", "dpo", "rl"] = Field("rl", description="checkpoint to align; also the DPO reference")
+    # 8 pairs per optimiser step in four passes of 2: its GSM replay pairs are the longest sequences
+    batch_size: int = Field(2, gt=0)
+    gradient_accumulation_steps: int = Field(4, gt=0)
     learning_rate: float = Field(4e-4, gt=0)
     epochs: float = Field(2.0, gt=0)
     max_pairs: int | None = Field(160, gt=0, description="train on at most N pairs of the mix, replay share kept "

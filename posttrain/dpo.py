@@ -16,7 +16,8 @@ from posttrain.config import DpoParams, Params
 from posttrain.models import adapter_checkpoint, load_tokenizer
 from posttrain import resume
 from posttrain.training import (
-    checkpoints_for, load_base_for_training, save_adapter, trainer_arguments, write_log_history)
+    checkpoints_for, freed_memory_callback, load_base_for_training, save_adapter, trainer_arguments,
+    write_log_history)
 
 LOGGED = ["loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"]
 
@@ -54,7 +55,7 @@ def train_dpo(params: Params, cfg: DpoParams, start_dir: str | Path, base_dir: s
     checkpoints = checkpoints_for(stage, params, sections, examples, [base_dir, adapter_dir])
     trainer = preference_trainer(cfg, policy, tokenizer, examples, trainer_arguments(params, cfg, checkpoints),
                                  sft_weight)
-    for callback in callbacks:
+    for callback in (*callbacks, freed_memory_callback()):  # memory back after each step and monitor reading
         trainer.add_callback(callback)
     run = resume.train(trainer, checkpoints)
     # Only the trained policy adapter, under the default name, so evaluation loads the

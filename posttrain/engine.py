@@ -188,7 +188,7 @@ class VllmEngine:
 
         self.llm = LLM(model=str(model_dir), dtype=generation_dtype(cfg.dtype), enforce_eager=True, seed=seed,
                        max_num_seqs=cfg.max_num_seqs, disable_log_stats=True,
-                       max_model_len=max_model_len(model_dir))
+                       max_model_len=max_model_len(model_dir), **kv_cache_arguments(cfg.kv_cache_gib))
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
@@ -270,12 +270,21 @@ class VllmEngine:
 
 
 def cpu_environment(cfg: GenerationParams) -> None:
-    """How vLLM runs here: in this process (no engine-core subprocess), with
-    cfg.kv_cache_gib of KV cache on CPU, threads left to runtime.setup, quiet logs."""
+    """How vLLM runs here: in this process (no engine-core subprocess), threads left to
+    runtime.setup, quiet logs."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # threads are runtime.setup's business
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+def kv_cache_arguments(gib: float) -> dict:
+    """vLLM engine arguments for a KV cache of `gib` GiB on CPU ({} on CUDA, where
+    gpu_memory_utilization sizes it). vLLM-CPU allocates and zeroes the whole cache at
+    start, so all of it is resident for the engine's life: size it to what the stage
+    decodes at once. The environment's VLLM_CPU_KVCACHE_SPACE (whole GiB), when set, wins."""
+    import torch
+
+    return {} if torch.cuda.is_available() else {"kv_cache_memory_bytes": int(gib * 2**30)}
 
 
 def max_model_len(model_dir: str | Path) -> int:

@@ -137,7 +137,7 @@ def colocate_vllm_on_cpu(generation: GenerationParams) -> None:
         return
     import trl.generation.vllm_generation as trl_vllm
 
-    from posttrain.engine import cpu_environment, max_model_len
+    from posttrain.engine import cpu_environment, kv_cache_arguments, max_model_len
 
     engine_class = trl_vllm.LLM
 
@@ -145,8 +145,9 @@ def colocate_vllm_on_cpu(generation: GenerationParams) -> None:
         cpu_environment(generation)
         threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
         arguments.update(enforce_eager=True, dtype=generation_dtype(generation.dtype),
-                         max_model_len=arguments.get("max_model_len") or max_model_len(arguments["model"]))
-        arguments.pop("gpu_memory_utilization", None)  # CPU: the KV cache size is VLLM_CPU_KVCACHE_SPACE
+                         max_model_len=arguments.get("max_model_len") or max_model_len(arguments["model"]),
+                         **kv_cache_arguments(generation.kv_cache_gib))
+        arguments.pop("gpu_memory_utilization", None)  # CPU: the KV cache size is kv_cache_memory_bytes
         try:
             return engine_class(**arguments)
         finally:
@@ -187,7 +188,7 @@ class VllmSampler:
         import torch
         from vllm import LLM
 
-        from posttrain.engine import cpu_environment, max_model_len
+        from posttrain.engine import cpu_environment, kv_cache_arguments, max_model_len
 
         self.policy = policy
         cpu_environment(generation)
@@ -195,7 +196,7 @@ class VllmSampler:
         try:
             self.llm = LLM(model=str(base_dir), dtype=generation_dtype(generation.dtype), enforce_eager=True, seed=seed,
                            max_num_seqs=max_num_seqs, disable_log_stats=True, max_model_len=max_model_len(base_dir),
-                           gpu_memory_utilization=0.3)
+                           gpu_memory_utilization=0.3, **kv_cache_arguments(generation.kv_cache_gib))
         finally:  # vLLM's CPU worker pins torch's threads; training needs them back
             torch.set_num_threads = set_num_threads
             torch.set_num_threads(threads)

@@ -115,6 +115,7 @@ def held_out_monitor(tokenizer, safety_rows: list[dict], safety_prompts: list[st
     from transformers import TrainerCallback
 
     from posttrain.generation import generate
+    from posttrain.training import release_freed_memory
 
     class HeldOutMonitor(TrainerCallback):
         def __init__(self):
@@ -132,11 +133,13 @@ def held_out_monitor(tokenizer, safety_rows: list[dict], safety_prompts: list[st
             began = time.perf_counter()
             was_training = model.training
             model.eval()  # no dropout while it reads
+            release_freed_memory()  # the last step's activations, before generate allocates its caches
             safety = generate(model, tokenizer, safety_prompts, safety_tokens, batch_size,
                               desc=f"held-out safety, step {state.global_step}").completions
             gsm = generate(model, tokenizer, gsm_prompts, gsm_tokens, batch_size, stop_after_answer=True,
                            desc=f"held-out GSM, step {state.global_step}").completions if gsm_prompts else []
             model.train(was_training)
+            release_freed_memory()  # and generate's caches, before the next training step allocates
             reading = held_out_reading(safety_rows, safety, gsm_records, gsm)
             state.log_history.append({"step": state.global_step, **reading})
             self.seconds += time.perf_counter() - began

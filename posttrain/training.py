@@ -237,3 +237,41 @@ def fit_to_length(tokenizer, conversation: list[dict], max_length: int) -> list[
         else:
             low = drop + 1
     return best
+
+
+def release_freed_memory() -> bool:
+    """Hand the C heap's free pages back to the system (glibc's malloc_trim); False where
+    there is no glibc. A training step frees its activations, but glibc keeps most of
+    what it freed inside its heap, in holes the next step's differently shaped tensors
+    fit only partly: resident memory then climbs step after step."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # no glibc: macOS, musl
+        return False
+    trim(0)
+    return True
+
+
+def freed_memory_callback():
+    """A TrainerCallback that calls release_freed_memory() after every forward/backward
+    pass (gradient accumulation's too) and every evaluation. Measured on stage rl (10 GRPO
+    steps in 4 passes each): peak resident 4.2 -> 3.5 GiB, between passes 2.2-2.5 GiB
+    instead of a climb to 4.1; trimmed once a step only, stage safety's four passes of a
+    step still climbed 3.6 -> 4.4 GiB. The next pass pays page faults for what it takes
+    back: 220 s against 240 s for rl's 10 steps, within this machine's drift."""
+    from transformers import TrainerCallback
+
+    class ReleaseFreedMemory(TrainerCallback):
+        def on_substep_end(self, args, state, control, **kwargs):
+            release_freed_memory()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            release_freed_memory()
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            release_freed_memory()
+
+    return ReleaseFreedMemory()

@@ -53,11 +53,15 @@ from posttrain.rewards import RewardWeights, reward_parts, total_reward  # noqa:
 from posttrain.rl import (  # noqa: E402
     CompletionLog, claim_master_port, colocate_vllm_on_cpu, drift_report, trl_algorithm_arguments, trl_reward_functions)
 from posttrain.training import (  # noqa: E402
-    checkpoints_for, load_base_for_training, save_adapter, trainer_arguments_basic, write_rows_csv)
+    checkpoints_for, freed_memory_callback, load_base_for_training, save_adapter, trainer_arguments_basic,
+    write_rows_csv)
 
 SECTIONS = ["seed", "prompt", "rl", "generation"]  # the params sections this stage reads
 cfg = params.rl
 weights = RewardWeights(**cfg.reward.model_dump())
+# The sampler's KV cache is resident beside training for the whole stage: sized to a step's
+# completions (rl.vllm_kv_cache_gib), not to an evaluation's (generation.kv_cache_gib).
+sampler_generation = params.generation.model_copy(update={"kv_cache_gib": cfg.vllm_kv_cache_gib})
 
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("rl", params, SECTIONS):
@@ -135,7 +139,7 @@ with tracking.stage_run("rl", params, SECTIONS):
         if vllm:  # vLLM on the base model; each step pushes the policy's current weights first
             from posttrain.rl import VllmSampler
 
-            sampler = VllmSampler(policy, base_dir, params.generation, params.seed,
+            sampler = VllmSampler(policy, base_dir, sampler_generation, params.seed,
                                   cfg.prompts_per_step * cfg.num_generations)
         # The start (a resumed run computes it again from the start's weights and RNG state).
         start_row = monitor_held_out(0)
@@ -188,7 +192,7 @@ with tracking.stage_run("rl", params, SECTIONS):
         )
         if vllm.get("vllm_mode") == "colocate":
             claim_master_port()
-            colocate_vllm_on_cpu(params.generation)  # no-op on CUDA
+            colocate_vllm_on_cpu(sampler_generation)  # no-op on CUDA
         if cfg.algorithm == "rloo":
             config, trainer_class = RLOOConfig(**common), RLOOTrainer
         else:
@@ -208,6 +212,7 @@ with tracking.stage_run("rl", params, SECTIONS):
                     held_out_clock["seconds"] += (metrics or {}).get("eval_runtime", 0.0)
 
             trainer.add_callback(HeldOutClock())
+        trainer.add_callback(freed_memory_callback())  # after each step and held-out reading
         run = resume.train(trainer, checkpoints, sidecar=completion_log)
         resumed_from_step = run.resumed_from_step
         for entry in trainer.state.log_history:

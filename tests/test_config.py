@@ -51,6 +51,17 @@ def test_bad_values_name_the_key(raw, edit, message):
     assert str(info.value).startswith(message), str(info.value)
 
 
+@pytest.mark.parametrize("algorithm", ["reinforce_ema", "ppo"])
+def test_micro_batches_binds_only_the_trl_algorithms(raw, algorithm):
+    """reinforce_ema and ppo run their own loops over a step's completions: an odd count
+    with the default micro_batches is valid for them (and for grpo it names the key)."""
+    raw["rl"].update(algorithm=algorithm, prompts_per_step=3, num_generations=3)
+    assert parse_params(raw).rl.micro_batches == 4
+    raw["rl"].update(algorithm="grpo")
+    with pytest.raises(ParamsError, match="rl: micro_batches: 4 does not divide a step's 9 completions"):
+        parse_params(raw)
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("seed: 1\ndata:\n  split: [1, 2\n")

@@ -128,6 +128,21 @@ def test_groups_decoded_together_equal_separate_calls(talkative_models, cfg):
 
 
 @needs_vllm
+@pytest.mark.parametrize("gib", [0.125, 0.25])
+def test_the_kv_cache_is_the_size_asked_for(talkative_models, gib):
+    """kv_cache_gib sizes what vLLM allocates (and holds resident) for the KV cache, in
+    fractions of a GiB too: stage rl keeps a small one beside training."""
+    cfg = GenerationParams(engine="vllm", dtype="float32", kv_cache_gib=gib)
+    with open_engine(cfg, talkative_models / "base", talkative_models / "base", seed=7) as engine:
+        runner = engine.llm.llm_engine.model_executor.driver_worker.model_runner
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in runner.kv_caches}
+        allocated = sum(storages.values())  # layers may share one buffer
+        completion = engine.generate(prompts_for(talkative_models, 2), max_new_tokens=4).completions
+    assert 0.9 * gib * 2**30 <= allocated <= gib * 2**30
+    assert len(completion) == 2
+
+
+@needs_vllm
 def test_closing_the_vllm_engine_gives_back_torch_threads(talkative_models):
     import torch
 
