@@ -326,6 +326,8 @@ class DpoParams(TrainParams):
     batch_size: int = Field(4, gt=0)
     gradient_accumulation_steps: int = Field(2, gt=0)
     logging_steps: int = Field(2, gt=0)
+    # 2e-4 lost 10.6 points of strict accuracy from sft on 64 pairs; 5e-5 kept it (params.yaml)
+    learning_rate: float = Field(5e-5, gt=0)
     beta: float = Field(0.1, gt=0, description="dpo and kto: strength of the implicit KL to the reference")
     loss_type: Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                        "apo_zero", "apo_down", "discopop", "sigmoid_norm"] = Field(
@@ -335,6 +337,15 @@ class DpoParams(TrainParams):
     simpo: SimpoParams = SimpoParams()
     max_length: int = Field(256, ge=16)
     max_pairs: int | None = Field(64, gt=0, description="train on at most N pairs (null = all)")
+    sft_weight: float = Field(0.0, ge=0, description="weight of an NLL loss on the chosen side (dpo: RPO; simpo: "
+                              "CPO's behaviour cloning); 0 = off; kto and orpo: must be 0")
+
+    @model_validator(mode="after")
+    def _sft_weight_needs_an_objective_that_takes_it(self) -> DpoParams:
+        if self.sft_weight and self.objective in ("kto", "orpo"):
+            raise ValueError(f"sft_weight must be 0 with objective {self.objective} (dpo and simpo take an NLL "
+                             "weight on the chosen side; orpo has its own, kto none)")
+        return self
 
 
 class RftParams(TrainParams):
@@ -444,7 +455,8 @@ class RlParams(_Section):
                                "backward in this many parts (gradient accumulation): the same update, less memory")
     temperature: float = Field(0.8, gt=0)
     max_new_tokens: int = Field(128, gt=0)
-    learning_rate: float = Field(1e-4, gt=0)
+    # 1e-4 lost 7.6 points of strict accuracy from sft in 10 steps; 3e-5 kept it (params.yaml)
+    learning_rate: float = Field(3e-5, gt=0)
     beta: float = Field(0.0, ge=0, description="KL coefficient to the starting checkpoint")
     epsilon: float = Field(0.2, gt=0, description="clipping range (GRPO family, ppo)")
     scale_rewards: Literal["group", "batch", "none"] = "group"
@@ -544,13 +556,6 @@ class SafetyParams(DpoParams):
     interpolation: float = Field(
         0.85, gt=0, le=1, description="the saved checkpoint is start + interpolation * (trained - start): weight-space "
         "interpolation, which trades some of the new refusals for less forgetting; 1 = the trained policy as is")
-
-    @model_validator(mode="after")
-    def _sft_weight_needs_an_objective_that_takes_it(self) -> SafetyParams:
-        if self.sft_weight and self.objective in ("kto", "orpo"):
-            raise ValueError(f"sft_weight must be 0 with objective {self.objective} (dpo and simpo take an NLL "
-                             "weight on the chosen side; orpo has its own, kto none)")
-        return self
 
 
 class RuntimeParams(_Section):

@@ -186,9 +186,7 @@ class VllmEngine:
             merge_checkpoint(base_dir, adapter_dir, model_dir)
         from vllm import LLM
 
-        self.llm = LLM(model=str(model_dir), dtype=generation_dtype(cfg.dtype), enforce_eager=True, seed=seed,
-                       max_num_seqs=cfg.max_num_seqs, disable_log_stats=True,
-                       max_model_len=max_model_len(model_dir), **kv_cache_arguments(cfg.kv_cache_gib))
+        self.llm = LLM(**engine_arguments(cfg, model_dir), seed=seed, max_num_seqs=cfg.max_num_seqs)
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
@@ -285,6 +283,17 @@ def kv_cache_arguments(gib: float) -> dict:
     import torch
 
     return {} if torch.cuda.is_available() else {"kv_cache_memory_bytes": int(gib * 2**30)}
+
+
+def engine_arguments(cfg: GenerationParams, model_dir: str | Path) -> dict:
+    """The vLLM engine arguments every engine of the pipeline starts with: stage
+    evaluation's and the sampling stages' (VllmEngine), rl's own sampler and TRL's
+    colocated one (posttrain/rl.py). Eager mode (compiling costs 90-120 s at every start
+    on CPU), generation.dtype, the model's context (at most 2048 tokens) and
+    generation.kv_cache_gib of KV cache on CPU."""
+    return dict(model=str(model_dir), dtype=generation_dtype(cfg.dtype), enforce_eager=True,
+                disable_log_stats=True, max_model_len=max_model_len(model_dir),
+                **kv_cache_arguments(cfg.kv_cache_gib))
 
 
 def max_model_len(model_dir: str | Path) -> int:

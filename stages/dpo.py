@@ -31,7 +31,8 @@ runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("dpo", params, SECTIONS):
     pairs = read_jsonl(args.pairs, PAIR)[: cfg.max_pairs]
     examples = [preference_example(p, params.prompt) for p in pairs]
-    result = train_dpo(params, cfg, args.start, args.base, examples, args.out, args.log, "dpo", SECTIONS)
+    result = train_dpo(params, cfg, args.start, args.base, examples, args.out, args.log, "dpo", SECTIONS,
+                       sft_weight=cfg.sft_weight)
     if not result.main_process:
         raise SystemExit(0)  # trained its share; the main process writes
 

@@ -40,6 +40,7 @@ def test_shipped_params_are_valid(raw):
         (lambda r: r["safety"].update(interpolation=0), "params.yaml: safety.interpolation: Input should be greater than 0"),
         (lambda r: r["rl"].update(micro_batches=3), "params.yaml: rl: micro_batches: 3 does not divide a step's 16 completions"),
         (lambda r: r["safety"].update(objective="kto"), "params.yaml: safety: sft_weight must be 0 with objective kto"),
+        (lambda r: r["dpo"].update(objective="orpo", sft_weight=0.5), "params.yaml: dpo: sft_weight must be 0 with objective orpo"),
         (lambda r: r["dpo"].update(objective="ipo"), "params.yaml: dpo.objective: Input should be 'dpo', 'kto', 'orpo' or 'simpo'"),
         (lambda r: r["safety"].update(interpolation=1.5), "params.yaml: safety.interpolation: Input should be less than or equal to 1"),
     ],

@@ -142,6 +142,54 @@ def test_the_kv_cache_is_the_size_asked_for(talkative_models, gib):
     assert len(completion) == 2
 
 
+class EngineStarted(Exception):
+    """Raised by a stand-in for vllm.LLM once it has recorded its arguments."""
+
+
+@needs_vllm
+def test_every_vllm_engine_starts_with_the_same_arguments(talkative_models, monkeypatch):
+    """Evaluation's engine (VllmEngine), rl's own sampler (VllmSampler) and TRL's colocated
+    one (colocate_vllm_on_cpu) start from one set of arguments, engine_arguments: a change
+    to how vLLM runs here (eager mode, dtype, context, KV cache) reaches all three."""
+    import trl.generation.vllm_generation as trl_vllm
+    import vllm
+
+    from posttrain.engine import VllmEngine, engine_arguments
+    from posttrain.rl import VllmSampler, colocate_vllm_on_cpu
+
+    started = {}
+
+    def recorder(name):
+        def start(**arguments):
+            started[name] = arguments
+            raise EngineStarted
+        return start
+
+    for variable in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_LOGGING_LEVEL"):
+        monkeypatch.setenv(variable, "")  # cpu_environment sets them; restored after the test
+        monkeypatch.delenv(variable)
+    cfg = GenerationParams(engine="vllm", dtype="float32", kv_cache_gib=0.25)
+    base = talkative_models / "base"
+    monkeypatch.setattr(vllm, "LLM", recorder("evaluation"))
+    with pytest.raises(EngineStarted):
+        VllmEngine(base, None, cfg, seed=7)
+    monkeypatch.setattr(vllm, "LLM", recorder("rl sampler"))
+    with pytest.raises(EngineStarted):
+        VllmSampler(None, base, cfg, seed=7, max_num_seqs=16)
+    monkeypatch.setattr(trl_vllm, "LLM", recorder("trl colocated"))
+    monkeypatch.setattr(trl_vllm.VLLMGeneration, "sync_weights", trl_vllm.VLLMGeneration.sync_weights)
+    colocate_vllm_on_cpu(cfg)
+    with pytest.raises(EngineStarted):
+        trl_vllm.LLM(model=str(base), gpu_memory_utilization=0.3, max_num_seqs=16)
+
+    shared = engine_arguments(cfg, base)
+    assert shared["enforce_eager"] and shared["dtype"] == "float32"
+    assert shared["kv_cache_memory_bytes"] == 2**28 and shared["max_model_len"] == 1024
+    assert set(started) == {"evaluation", "rl sampler", "trl colocated"}
+    for name, arguments in started.items():
+        assert {key: arguments.get(key) for key in shared} == shared, name
+
+
 @needs_vllm
 def test_closing_the_vllm_engine_gives_back_torch_threads(talkative_models):
     import torch

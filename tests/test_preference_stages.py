@@ -83,6 +83,12 @@ def test_dpo_stage_trains_the_sft_adapter_further(sft_workspace, tmp_path):
 def completion_margin(root, checkpoint: str, pairs: list[dict]) -> float:
     """Mean over pairs of the checkpoint's per-token log-prob of the chosen completion
     minus that of the rejected one (length-normalised, so comparable across objectives)."""
+    scored = completion_logprobs(root, checkpoint, pairs)
+    return sum(chosen - rejected for chosen, rejected in scored) / len(scored)
+
+
+def completion_logprobs(root, checkpoint: str, pairs: list[dict]) -> list[tuple[float, float]]:
+    """(chosen, rejected) mean per-token log-probs of each pair under the checkpoint."""
     import torch
 
     from posttrain.config import read_params
@@ -103,8 +109,20 @@ def completion_margin(root, checkpoint: str, pairs: list[dict]) -> float:
         return logprobs[len(prompt_ids) - 1:].mean().item()
 
     examples = [preference_example(pair, params.prompt) for pair in pairs]
-    return sum(mean_logprob(e["prompt"], e["chosen"]) - mean_logprob(e["prompt"], e["rejected"])
-               for e in examples) / len(examples)
+    return [(mean_logprob(e["prompt"], e["chosen"]), mean_logprob(e["prompt"], e["rejected"])) for e in examples]
+
+
+def test_sft_weight_pulls_the_chosen_side_up(sft_workspace, tmp_path):
+    """dpo.sft_weight adds an NLL loss on the chosen completions (RPO): the same DPO run
+    with it ends with the chosen side more likely than without it. Plain DPO may lower
+    both sides (it only needs the margin), which is what the NLL term is there to stop."""
+    chosen = {}
+    for weight in (0.0, 1.0):
+        root = copy_with_crafted_pairs(sft_workspace, tmp_path / f"ws{weight}", n_train=12)
+        run_stage(root, "dpo", overrides={"dpo": {**FAST, "max_steps": 8, "sft_weight": weight}})
+        pairs = read_jsonl(root / "data/preferences/train.jsonl")
+        chosen[weight] = sum(c for c, _ in completion_logprobs(root, "dpo", pairs)) / len(pairs)
+    assert chosen[1.0] > chosen[0.0] + 0.05, chosen
 
 
 @pytest.mark.parametrize("objective", ["kto", "orpo", "simpo"])
