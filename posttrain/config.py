@@ -246,7 +246,7 @@ class SamplingParams(_Section):
     batch_size: int = Field(32, gt=0)
 
 
-class ReplayParams(SamplingParams):
+class MidtrainReplayParams(SamplingParams):
     """midtrain.general: replay: the start model's own samples, begun from `prompt`."""
     prompt: str | None = Field(None, description="text every sample starts from; null: the tokenizer's bos "
                                "token (its eos token when it has none)")
@@ -269,7 +269,7 @@ class MidtrainParams(TrainParams):
     train_layers: int | None = Field(None, gt=0, description="train only the last N decoder layers (and the "
                                      "final norm); null: every weight")
     max_length: int = Field(512, ge=16, description="tokens per packed training sequence")
-    replay: ReplayParams = ReplayParams()
+    replay: MidtrainReplayParams = MidtrainReplayParams()
     learning_rate: float = Field(5e-5, gt=0)
     batch_size: int = Field(4, gt=0)
 
@@ -519,10 +519,10 @@ class ToolRlParams(_Section):
     max_new_tokens: int = Field(96, gt=0, description="tokens per assistant turn on the test")
 
 
-class ReplayParams(_Section):
+class SafetyReplayParams(_Section):
     """GSM pairs mixed into the safety training so math does not regress."""
 
-    fraction: float = Field(0.6, ge=0, lt=1, description="share of GSM pairs in the training mix; 0 = none")
+    fraction: float = Field(0.0, ge=0, lt=1, description="share of GSM pairs in the training mix; 0 = none")
     source: Literal["on_policy", "preferences"] = Field(
         "on_policy", description="on_policy: pairs from the start policy's own samples on GSM training prompts; "
         "preferences: the pairs of stage preferences (sampled from the SFT policy)")
@@ -531,7 +531,8 @@ class ReplayParams(_Section):
 
 
 class SafetyParams(DpoParams):
-    """Refusal alignment: DPO on safety pairs plus replayed GSM pairs, from `start`."""
+    """Refusal alignment from `start`: DPO plus an NLL term on safety pairs (and replayed GSM pairs when
+    replay.fraction > 0), then weight-space interpolation towards the start."""
 
     start: Literal["sft", "dpo", "rl"] = Field("rl", description="checkpoint to align; also the DPO reference")
     # 8 pairs per optimiser step in four passes of 2: its GSM replay pairs are the longest sequences
@@ -541,8 +542,9 @@ class SafetyParams(DpoParams):
     epochs: float = Field(2.0, gt=0)
     max_pairs: int | None = Field(160, gt=0, description="train on at most N pairs of the mix, replay share kept "
                                   "(null = all)")
-    replay: ReplayParams = ReplayParams()
-    sft_weight: float = Field(1.0, ge=0, description="weight of an NLL loss on the chosen side (RPO); 0 = off")
+    replay: SafetyReplayParams = SafetyReplayParams()
+    sft_weight: float = Field(10.0, ge=0, description="weight of an NLL loss on the chosen side (RPO) against the "
+                              "DPO loss's 1; 0 = off")
     samples_per_prompt: int = Field(1, ge=1, description="start-policy completions per safety training prompt")
     sampling: SamplingParams = SamplingParams(max_new_tokens=64)
     held_out_prompts: int = Field(32, ge=0, description="safety training prompts (half harmful, half benign, "
@@ -554,7 +556,7 @@ class SafetyParams(DpoParams):
     eval_every_steps: int = Field(20, gt=0, description="the held-out monitor before step 1, every N steps and "
                                   "after the last")
     interpolation: float = Field(
-        0.85, gt=0, le=1, description="the saved checkpoint is start + interpolation * (trained - start): weight-space "
+        0.6, gt=0, le=1, description="the saved checkpoint is start + interpolation * (trained - start): weight-space "
         "interpolation, which trades some of the new refusals for less forgetting; 1 = the trained policy as is")
 
 

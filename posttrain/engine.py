@@ -172,21 +172,23 @@ class VllmEngine:
     name = "vllm"
 
     def __init__(self, base_dir: Path, adapter_dir: Path | None, cfg: GenerationParams, seed: int):
-        import torch
-
         cpu_environment(cfg)
-        # vLLM on CPU pins torch to one intra-op thread and disables set_num_threads for
-        # the rest of the process; training after sampling (stage safety) needs both back.
-        self._threads, self._set_num_threads = torch.get_num_threads(), torch.set_num_threads
-        self._merged = None
-        model_dir = base_dir
-        if adapter_dir is not None:
-            self._merged = tempfile.TemporaryDirectory(prefix="posttrain-merged-")
-            model_dir = Path(self._merged.name)
-            merge_checkpoint(base_dir, adapter_dir, model_dir)
-        from vllm import LLM
+        # Undone by close(): torch's threads come back when the engine goes (generation runs
+        # on vLLM's one thread; training after sampling, as in stage safety, needs them),
+        # and the merged copy is deleted.
+        self._owned = contextlib.ExitStack()
+        self._owned.enter_context(torch_threads_kept())
+        try:
+            model_dir = base_dir
+            if adapter_dir is not None:
+                model_dir = Path(self._owned.enter_context(tempfile.TemporaryDirectory(prefix="posttrain-merged-")))
+                merge_checkpoint(base_dir, adapter_dir, model_dir)
+            from vllm import LLM
 
-        self.llm = LLM(**engine_arguments(cfg, model_dir), seed=seed, max_num_seqs=cfg.max_num_seqs)
+            self.llm = LLM(**engine_arguments(cfg, model_dir), seed=seed, max_num_seqs=cfg.max_num_seqs)
+        except BaseException:
+            self._owned.close()
+            raise
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
@@ -255,16 +257,11 @@ class VllmEngine:
         return totals
 
     def close(self) -> None:
-        import torch
-
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
         del self.llm
         cleanup_dist_env_and_memory()  # vLLM's one-process group, so a later engine or trainer starts clean
-        torch.set_num_threads = self._set_num_threads
-        torch.set_num_threads(self._threads)
-        if self._merged is not None:
-            self._merged.cleanup()
+        self._owned.close()
 
 
 def cpu_environment(cfg: GenerationParams) -> None:
@@ -273,6 +270,22 @@ def cpu_environment(cfg: GenerationParams) -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # threads are runtime.setup's business
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+@contextlib.contextmanager
+def torch_threads_kept():
+    """Give torch's thread count back after the block: vLLM's CPU worker pins torch to
+    one intra-op thread at start-up and disables torch.set_num_threads for the rest of
+    the process, and training in the same process needs both back. Every vLLM start-up
+    of the pipeline goes through it (VllmEngine, rl's VllmSampler, TRL's colocated engine)."""
+    import torch
+
+    threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
+    try:
+        yield
+    finally:
+        torch.set_num_threads = set_num_threads
+        torch.set_num_threads(threads)
 
 
 def kv_cache_arguments(gib: float) -> dict:

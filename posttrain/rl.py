@@ -136,23 +136,19 @@ def colocate_vllm_on_cpu(generation: GenerationParams) -> None:
         return
     import trl.generation.vllm_generation as trl_vllm
 
-    from posttrain.engine import cpu_environment, engine_arguments
+    from posttrain.engine import cpu_environment, engine_arguments, torch_threads_kept
 
     engine_class = trl_vllm.LLM
 
     def start_engine(**arguments):
         cpu_environment(generation)
-        threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
         context = arguments.get("max_model_len")  # TRL's, when it sets one
         arguments.update(engine_arguments(generation, arguments["model"]))
         if context:
             arguments["max_model_len"] = context
         arguments.pop("gpu_memory_utilization", None)  # CPU: the KV cache size is kv_cache_memory_bytes
-        try:
+        with torch_threads_kept():
             return engine_class(**arguments)
-        finally:
-            torch.set_num_threads = set_num_threads
-            torch.set_num_threads(threads)
 
     def sync_weights(self) -> None:
         runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
@@ -185,20 +181,15 @@ class VllmSampler:
     reinforce_ema; TRL's algorithms get the same through colocate_vllm_on_cpu."""
 
     def __init__(self, policy, base_dir, generation: GenerationParams, seed: int, max_num_seqs: int):
-        import torch
         from vllm import LLM
 
-        from posttrain.engine import cpu_environment, engine_arguments
+        from posttrain.engine import cpu_environment, engine_arguments, torch_threads_kept
 
         self.policy = policy
         cpu_environment(generation)
-        threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
-        try:
+        with torch_threads_kept():
             self.llm = LLM(**engine_arguments(generation, base_dir), seed=seed, max_num_seqs=max_num_seqs,
                            gpu_memory_utilization=0.3)  # CUDA: a share beside training (CPU: the KV cache size)
-        finally:  # vLLM's CPU worker pins torch's threads; training needs them back
-            torch.set_num_threads = set_num_threads
-            torch.set_num_threads(threads)
         self.runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
 
     def sync(self) -> None:

