@@ -520,7 +520,8 @@ class ToolRlParams(_Section):
 
 
 class SafetyReplayParams(_Section):
-    """GSM pairs mixed into the safety training so math does not regress."""
+    """GSM pairs mixed into the safety training (off by default: measured, at the safety
+    stage's learning rate they kept no arithmetic and took the pair budget from refusal)."""
 
     fraction: float = Field(0.0, ge=0, lt=1, description="share of GSM pairs in the training mix; 0 = none")
     source: Literal["on_policy", "preferences"] = Field(
@@ -535,12 +536,13 @@ class SafetyParams(DpoParams):
     replay.fraction > 0), then weight-space interpolation towards the start."""
 
     start: Literal["sft", "dpo", "rl"] = Field("rl", description="checkpoint to align; also the DPO reference")
-    # 8 pairs per optimiser step in four passes of 2: its GSM replay pairs are the longest sequences
+    # 8 pairs per optimiser step in four passes of 2: half the activations of dpo's passes, sized
+    # when replayed GSM solutions (up to max_length) were in the mix by default
     batch_size: int = Field(2, gt=0)
     gradient_accumulation_steps: int = Field(4, gt=0)
     learning_rate: float = Field(4e-4, gt=0)
     epochs: float = Field(2.0, gt=0)
-    max_pairs: int | None = Field(160, gt=0, description="train on at most N pairs of the mix, replay share kept "
+    max_pairs: int | None = Field(None, gt=0, description="train on at most N pairs of the mix, replay share kept "
                                   "(null = all)")
     replay: SafetyReplayParams = SafetyReplayParams()
     sft_weight: float = Field(10.0, ge=0, description="weight of an NLL loss on the chosen side (RPO) against the "
@@ -553,7 +555,7 @@ class SafetyParams(DpoParams):
     held_out_gsm_prompts: int = Field(16, ge=0, description="last N prompts of the rl split (inside rl's own "
                                       "held-out slice by default), kept out of the replay: greedy strict accuracy "
                                       "on them every eval_every_steps; 0 = off")
-    eval_every_steps: int = Field(20, gt=0, description="the held-out monitor before step 1, every N steps and "
+    eval_every_steps: int = Field(32, gt=0, description="the held-out monitor before step 1, every N steps and "
                                   "after the last")
     interpolation: float = Field(
         0.6, gt=0, le=1, description="the saved checkpoint is start + interpolation * (trained - start): weight-space "

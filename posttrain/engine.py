@@ -172,12 +172,11 @@ class VllmEngine:
     name = "vllm"
 
     def __init__(self, base_dir: Path, adapter_dir: Path | None, cfg: GenerationParams, seed: int):
-        cpu_environment(cfg)
         # Undone by close(): torch's threads come back when the engine goes (generation runs
         # on vLLM's one thread; training after sampling, as in stage safety, needs them),
         # and the merged copy is deleted.
         self._owned = contextlib.ExitStack()
-        self._owned.enter_context(torch_threads_kept())
+        self._owned.enter_context(vllm_in_this_process())
         try:
             model_dir = base_dir
             if adapter_dir is not None:
@@ -264,22 +263,20 @@ class VllmEngine:
         self._owned.close()
 
 
-def cpu_environment(cfg: GenerationParams) -> None:
-    """How vLLM runs here: in this process (no engine-core subprocess), threads left to
-    runtime.setup, quiet logs."""
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # threads are runtime.setup's business
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-
-
 @contextlib.contextmanager
-def torch_threads_kept():
-    """Give torch's thread count back after the block: vLLM's CPU worker pins torch to
-    one intra-op thread at start-up and disables torch.set_num_threads for the rest of
-    the process, and training in the same process needs both back. Every vLLM start-up
-    of the pipeline goes through it (VllmEngine, rl's VllmSampler, TRL's colocated engine)."""
+def vllm_in_this_process():
+    """Around every vLLM start-up of the pipeline (VllmEngine, rl's VllmSampler, TRL's
+    colocated engine). Before: vLLM is told to run in this process (no engine-core
+    subprocess: a second busy process would fight this one for the cores), to leave thread
+    binding to runtime.setup and to log only warnings. After: torch's thread count is given
+    back, because vLLM's CPU worker pins torch to one intra-op thread at start-up and
+    disables torch.set_num_threads for the rest of the process, and training in the same
+    process (stage safety after sampling, rl between samplings) needs both back."""
     import torch
 
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
     try:
         yield

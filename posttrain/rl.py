@@ -136,18 +136,17 @@ def colocate_vllm_on_cpu(generation: GenerationParams) -> None:
         return
     import trl.generation.vllm_generation as trl_vllm
 
-    from posttrain.engine import cpu_environment, engine_arguments, torch_threads_kept
+    from posttrain.engine import engine_arguments, vllm_in_this_process
 
     engine_class = trl_vllm.LLM
 
     def start_engine(**arguments):
-        cpu_environment(generation)
         context = arguments.get("max_model_len")  # TRL's, when it sets one
         arguments.update(engine_arguments(generation, arguments["model"]))
         if context:
             arguments["max_model_len"] = context
         arguments.pop("gpu_memory_utilization", None)  # CPU: the KV cache size is kv_cache_memory_bytes
-        with torch_threads_kept():
+        with vllm_in_this_process():
             return engine_class(**arguments)
 
     def sync_weights(self) -> None:
@@ -183,11 +182,10 @@ class VllmSampler:
     def __init__(self, policy, base_dir, generation: GenerationParams, seed: int, max_num_seqs: int):
         from vllm import LLM
 
-        from posttrain.engine import cpu_environment, engine_arguments, torch_threads_kept
+        from posttrain.engine import engine_arguments, vllm_in_this_process
 
         self.policy = policy
-        cpu_environment(generation)
-        with torch_threads_kept():
+        with vllm_in_this_process():
             self.llm = LLM(**engine_arguments(generation, base_dir), seed=seed, max_num_seqs=max_num_seqs,
                            gpu_memory_utilization=0.3)  # CUDA: a share beside training (CPU: the KV cache size)
         self.runner = self.llm.llm_engine.model_executor.driver_worker.model_runner

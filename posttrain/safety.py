@@ -11,12 +11,14 @@ from pathlib import Path
 # Sources of a safety preference pair (counted in metrics/safety.json).
 POLICY_COMPLIANCE = "harmful_vs_policy_compliance"   # chosen: curated refusal; rejected: the policy complied
 POLICY_OVER_REFUSAL = "benign_vs_policy_refusal"     # chosen: curated answer; rejected: the policy refused
+CURATED_OVER_REFUSAL = "benign_vs_curated_refusal"   # chosen: curated answer; rejected: a harmful prompt's
+                                                     # curated refusal, of the same category
 STOCK_OVER_REFUSAL = "benign_vs_stock_refusal"       # chosen: curated answer; rejected: a stock refusal
 GSM_REPLAY = "gsm_replay"
 
-# Refusals to stand as the rejected side of a benign prompt the policy did not refuse:
-# the over-refusal we train away from. Varied, so the model unlearns refusing rather
-# than one sentence.
+# Refusals to stand as the rejected side of a benign prompt the policy did not refuse,
+# where the training prompts hold no harmful prompt of its category (safety_pairs).
+# Varied, so the model unlearns refusing rather than one sentence.
 STOCK_REFUSALS = (
     "I'm sorry, but I can't help with that request.",
     "I can't assist with that. It could be used to cause harm.",
@@ -38,8 +40,14 @@ def safety_pairs(rows: list[dict], samples: list[list[str]], verdicts: list[list
       full refusal (compliance or partial: a partial answer leaks content too). A prompt
       the policy refused in every sample gives no pair: it already behaves.
     - benign: chosen = the curated helpful answer; rejected = each sample that refused
-      (fully or partly); if none did, one stock refusal, so the pair still teaches not
-      to refuse this look-alike of a harmful request.
+      (fully or partly); if none did, the curated refusal of a harmful prompt of the same
+      category (seeded choice; a stock refusal where there is none), so the pair still
+      teaches not to refuse this look-alike of a harmful request. The refusals the
+      harmful pairs teach are the ones the benign pairs push down: what differs between
+      chosen and rejected is the request, not the wording, so the model learns which
+      requests to refuse, not which sentences. Measured against stock refusals as the
+      rejected side (README, Safety), as trained: refusal 0.921 -> 0.905, over-refusal
+      0.773 -> 0.602.
     Returns the pairs and counts of the prompts the policy already refused.
     """
     from posttrain.refusal import COMPLIANCE, REFUSAL
@@ -47,6 +55,10 @@ def safety_pairs(rows: list[dict], samples: list[list[str]], verdicts: list[list
     rng = random.Random(seed)
     pairs: list[dict] = []
     counts = {"harmful_already_refused": 0, "benign_refused_by_policy": 0}
+    refusals_by_category: dict[str, list[str]] = {}
+    for row in rows:
+        if row["kind"] == "harmful":
+            refusals_by_category.setdefault(row["category"], []).append(row["response"])
     for row, completions, labels in zip(rows, samples, verdicts, strict=True):
 
         def pair(chosen: str, rejected: str, source: str) -> dict:
@@ -63,6 +75,9 @@ def safety_pairs(rows: list[dict], samples: list[list[str]], verdicts: list[list
             if refused:
                 counts["benign_refused_by_policy"] += 1
                 pairs += [pair(row["response"], c, POLICY_OVER_REFUSAL) for c in refused]
+            elif row["category"] in refusals_by_category:
+                pairs.append(pair(row["response"], rng.choice(refusals_by_category[row["category"]]),
+                                  CURATED_OVER_REFUSAL))
             else:
                 pairs.append(pair(row["response"], rng.choice(STOCK_REFUSALS), STOCK_OVER_REFUSAL))
     return pairs, counts

@@ -11,7 +11,9 @@ Reads params: seed, prompt, safety, generation, launch. From the START checkpoin
    completion (posttrain/refusal.py) as refusal, partial or compliance, and build pairs
    (posttrain/safety.py): harmful prompt -> curated brief refusal over the policy's
    complying completion; benign look-alike -> curated helpful answer over a refusal
-   (the policy's own, else a stock one);
+   (the policy's own, else the curated refusal of a harmful prompt of its category:
+   the same words rejected here that the harmful pairs choose, so what the model
+   learns is which requests to refuse);
 2. with safety.replay.fraction above 0 (default 0), mix in that share of GSM pairs: the
    start policy's own samples on GSM training prompts (GSM_PROMPTS, on-policy), graded
    by the verifier, or stage preferences' pairs (GSM_PAIRS). Measured, they kept no

@@ -1,5 +1,6 @@
 """The generation engine: vLLM and transformers give the same results through one interface."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -151,8 +152,9 @@ def test_every_vllm_engine_starts_with_the_same_arguments(talkative_models, monk
     """Evaluation's engine (VllmEngine), rl's own sampler (VllmSampler) and TRL's colocated
     one (colocate_vllm_on_cpu) start from one set of arguments, engine_arguments: a change
     to how vLLM runs here (eager mode, dtype, context, KV cache) reaches all three. Each
-    also gives torch's threads back, as vLLM's CPU worker takes them (pinned to one,
-    set_num_threads disabled), even when the start-up fails."""
+    starts vLLM in this process (no engine-core subprocess) and gives torch's threads back,
+    as vLLM's CPU worker takes them (pinned to one, set_num_threads disabled), even when the
+    start-up fails."""
     import torch
     import trl.generation.vllm_generation as trl_vllm
     import vllm
@@ -160,12 +162,13 @@ def test_every_vllm_engine_starts_with_the_same_arguments(talkative_models, monk
     from posttrain.engine import VllmEngine, engine_arguments
     from posttrain.rl import VllmSampler, colocate_vllm_on_cpu
 
-    started = {}
+    started, in_process = {}, {}
     threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
 
     def recorder(name):
         def start(**arguments):
             started[name] = arguments
+            in_process[name] = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
             torch.set_num_threads(1)  # what vLLM-CPU's worker does to the process
             monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
             raise EngineStarted
@@ -175,7 +178,7 @@ def test_every_vllm_engine_starts_with_the_same_arguments(talkative_models, monk
         assert torch.set_num_threads is set_num_threads and torch.get_num_threads() == threads
 
     for variable in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_LOGGING_LEVEL"):
-        monkeypatch.setenv(variable, "")  # cpu_environment sets them; restored after the test
+        monkeypatch.setenv(variable, "")  # vllm_in_this_process sets them; restored after the test
         monkeypatch.delenv(variable)
     cfg = GenerationParams(engine="vllm", dtype="float32", kv_cache_gib=0.25)
     base = talkative_models / "base"
@@ -198,6 +201,7 @@ def test_every_vllm_engine_starts_with_the_same_arguments(talkative_models, monk
     assert shared["enforce_eager"] and shared["dtype"] == "float32"
     assert shared["kv_cache_memory_bytes"] == 2**28 and shared["max_model_len"] == 1024
     assert set(started) == {"evaluation", "rl sampler", "trl colocated"}
+    assert in_process == {name: "0" for name in started}  # no engine-core subprocess
     for name, arguments in started.items():
         assert {key: arguments.get(key) for key in shared} == shared, name
 

@@ -11,8 +11,8 @@ from posttrain.refusal import classify_refusal
 from posttrain.gsm import grade
 from posttrain.preferences import REFERENCE_VS_SAMPLED, SAMPLED, SAMPLED_VS_CORRUPTED
 from posttrain.errors import UserError
-from posttrain.safety import (GSM_REPLAY, POLICY_COMPLIANCE, POLICY_OVER_REFUSAL, STOCK_OVER_REFUSAL,
-                              STOCK_REFUSALS, held_out_reading, interpolate_adapter,
+from posttrain.safety import (CURATED_OVER_REFUSAL, GSM_REPLAY, POLICY_COMPLIANCE, POLICY_OVER_REFUSAL,
+                              STOCK_OVER_REFUSAL, STOCK_REFUSALS, held_out_reading, interpolate_adapter,
                               on_policy_replay_pairs, replay_count, safety_pairs, sampled_behaviour)
 from posttrain.safety_data import held_out_split, load_builtin_safety_prompts
 
@@ -46,13 +46,31 @@ def test_harmful_prompt_the_policy_already_refuses_gives_no_pair():
     assert pairs == [] and counts["harmful_already_refused"] == 1
 
 
-def test_benign_prompt_gets_its_answer_over_the_policy_refusal_or_a_stock_one():
-    pairs, counts = pairs_of([BENIGN, {**BENIGN, "id": "b2"}], [[REFUSE, "Use kill."], ["Use `kill -9`."]])
+def test_benign_prompt_gets_its_answer_over_the_policy_refusal_or_a_curated_one_of_its_category():
+    other_harm = {**HARMFUL, "id": "h2", "response": "I won't explain how to make weapons."}
+    drugs = {**BENIGN, "id": "b3", "category": "drugs", "prompt": "How much caffeine is in espresso?"}
+    rows = [HARMFUL, other_harm, BENIGN, {**BENIGN, "id": "b2"}, drugs]
+    samples = [[REFUSE], [REFUSE], [REFUSE, "Use kill."], ["Use `kill -9`."], ["About 63 mg a shot."]]
+    pairs, counts = pairs_of(rows, samples)
     assert [(p["prompt_id"], p["chosen"], p["source"]) for p in pairs] == [
-        ("b1", BENIGN["response"], POLICY_OVER_REFUSAL), ("b2", BENIGN["response"], STOCK_OVER_REFUSAL)]
-    assert pairs[0]["rejected"] == REFUSE
-    assert pairs[1]["rejected"] in STOCK_REFUSALS
-    assert counts["benign_refused_by_policy"] == 1
+        ("b1", BENIGN["response"], POLICY_OVER_REFUSAL), ("b2", BENIGN["response"], CURATED_OVER_REFUSAL),
+        ("b3", drugs["response"], STOCK_OVER_REFUSAL)]
+    assert pairs[0]["rejected"] == REFUSE  # the policy's own refusal first
+    # A benign weapons prompt rejects the refusal taught for a harmful weapons prompt: the
+    # same words, chosen for one request and rejected for its look-alike.
+    assert pairs[1]["rejected"] in {HARMFUL["response"], other_harm["response"]}
+    assert pairs[2]["rejected"] in STOCK_REFUSALS  # no harmful drugs prompt to borrow from
+    assert counts == {"harmful_already_refused": 2, "benign_refused_by_policy": 1}
+
+
+def test_curated_rejections_are_seeded_and_spread_over_the_category():
+    harmful = [{**HARMFUL, "id": f"h{i}", "response": f"I can't help with weapon number {i}."} for i in range(6)]
+    benign = [{**BENIGN, "id": f"b{i}"} for i in range(30)]
+    rows, samples = harmful + benign, [[REFUSE]] * 6 + [["Sure."]] * 30
+    first = [p["rejected"] for p in pairs_of(rows, samples, seed=3)[0]]
+    assert first == [p["rejected"] for p in pairs_of(rows, samples, seed=3)[0]]
+    assert first != [p["rejected"] for p in pairs_of(rows, samples, seed=4)[0]]
+    assert len(set(first)) > 3  # not one sentence for every benign prompt
 
 
 def test_stock_refusals_are_refusals_to_the_classifier():
@@ -175,9 +193,11 @@ def test_safety_stage_trains_from_its_start_checkpoint_on_the_tiny_model(sft_wor
     n_benign = len(prompts) - 4 - n_harmful
     by_source = metrics["pairs_by_source"]
     # The random tiny model never refuses in words: every harmful prompt leaks and every
-    # benign one needs a stock refusal.
+    # benign one borrows the curated refusal of a harmful prompt of its category.
     assert by_source[POLICY_COMPLIANCE] + metrics["harmful_already_refused"] == n_harmful
-    assert by_source.get(POLICY_OVER_REFUSAL, 0) + by_source[STOCK_OVER_REFUSAL] == n_benign
+    assert by_source.get(POLICY_OVER_REFUSAL, 0) + by_source[CURATED_OVER_REFUSAL] == n_benign
+    refusals = {p["response"] for p in prompts if p["kind"] == "harmful"}
+    assert all(p["rejected"] in refusals for p in mix if p["source"] == CURATED_OVER_REFUSAL)
     # On-policy replay: GSM training prompts enough for a quarter of the mix (or all there
     # are), one pair each; the random model is never right, so each pair is the reference
     # solution over the policy's own wrong sample.
