@@ -520,10 +520,10 @@ class ToolRlParams(_Section):
 
 
 class SafetyReplayParams(_Section):
-    """GSM pairs mixed into the safety training (off by default: measured, at the safety
-    stage's learning rate they kept no arithmetic and took the pair budget from refusal)."""
+    """GSM pairs mixed into the safety training: the start policy's correct solutions, held
+    by the NLL term (safety.sft_weight), keep the arithmetic the safety pairs would cost."""
 
-    fraction: float = Field(0.0, ge=0, lt=1, description="share of GSM pairs in the training mix; 0 = none")
+    fraction: float = Field(0.3, ge=0, lt=1, description="share of GSM pairs in the training mix; 0 = none")
     source: Literal["on_policy", "preferences"] = Field(
         "on_policy", description="on_policy: pairs from the start policy's own samples on GSM training prompts; "
         "preferences: the pairs of stage preferences (sampled from the SFT policy)")
@@ -537,7 +537,7 @@ class SafetyParams(DpoParams):
 
     start: Literal["sft", "dpo", "rl"] = Field("rl", description="checkpoint to align; also the DPO reference")
     # 8 pairs per optimiser step in four passes of 2: half the activations of dpo's passes, sized
-    # when replayed GSM solutions (up to max_length) were in the mix by default
+    # for the replayed GSM solutions (up to max_length) in the mix
     batch_size: int = Field(2, gt=0)
     gradient_accumulation_steps: int = Field(4, gt=0)
     learning_rate: float = Field(4e-4, gt=0)
@@ -558,7 +558,7 @@ class SafetyParams(DpoParams):
     eval_every_steps: int = Field(32, gt=0, description="the held-out monitor before step 1, every N steps and "
                                   "after the last")
     interpolation: float = Field(
-        0.6, gt=0, le=1, description="the saved checkpoint is start + interpolation * (trained - start): weight-space "
+        0.7, gt=0, le=1, description="the saved checkpoint is start + interpolation * (trained - start): weight-space "
         "interpolation, which trades some of the new refusals for less forgetting; 1 = the trained policy as is")
 
 
