@@ -67,7 +67,9 @@ def default_data_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
-def _rows(root: Path, name: str, relative: str) -> list[dict]:
+def dataset_rows(root: Path, name: str, relative: str) -> list[dict]:
+    """The rows of one `datasets` directory under root (the hf_datasets directory), as dicts;
+    a missing directory raises ValueError naming the task and the install command."""
     directory = root / relative
     if not (directory / "state.json").is_file():
         raise ValueError(f"benchmarks: task '{name}': no data at {directory}; {INSTALL_HINT}")
@@ -86,7 +88,7 @@ def _arc(relative: str, name: str) -> Callable[[Path], list[dict]]:
                  "context": f"Question: {row['question']}\nAnswer:",
                  "choices": [f" {text}" for text in row["choices"]["text"]],
                  "label": row["choices"]["label"].index(row["answerKey"])}
-                for row in _rows(root, name, relative)]
+                for row in dataset_rows(root, name, relative)]
     return load
 
 
@@ -100,7 +102,7 @@ def _hellaswag_preprocess(text: str) -> str:
 def _hellaswag(root: Path) -> list[dict]:
     # lm-eval hellaswag: validation split (the test split has no labels).
     items = []
-    for index, row in enumerate(_rows(root, "hellaswag", "hellaswag/none/validation")):
+    for index, row in enumerate(dataset_rows(root, "hellaswag", "hellaswag/none/validation")):
         ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()
         items.append({"id": f"hellaswag/{index:05d}",
                       "context": _hellaswag_preprocess(row["activity_label"] + ": " + ctx),
@@ -115,7 +117,7 @@ def _piqa(root: Path) -> list[dict]:
              "context": f"Question: {row['goal']}\nAnswer:",
              "choices": [f" {row['sol1']}", f" {row['sol2']}"],
              "label": int(row["label"])}
-            for index, row in enumerate(_rows(root, "piqa", "piqa/plain_text/validation"))]
+            for index, row in enumerate(dataset_rows(root, "piqa", "piqa/plain_text/validation"))]
 
 
 def _boolq(root: Path) -> list[dict]:
@@ -124,7 +126,7 @@ def _boolq(root: Path) -> list[dict]:
              "context": f"{row['passage']}\nQuestion: {row['question']}?\nAnswer:",
              "choices": [" no", " yes"],
              "label": int(bool(row["answer"]))}
-            for index, row in enumerate(_rows(root, "boolq", "boolq/none/validation"))]
+            for index, row in enumerate(dataset_rows(root, "boolq", "boolq/none/validation"))]
 
 
 def _sciq(root: Path) -> list[dict]:
@@ -134,13 +136,13 @@ def _sciq(root: Path) -> list[dict]:
              "context": f"{row['support'].lstrip()}\nQuestion: {row['question']}\nAnswer:",
              "choices": [f" {row[key]}" for key in ("distractor1", "distractor2", "distractor3", "correct_answer")],
              "label": 3}
-            for index, row in enumerate(_rows(root, "sciq", "sciq/none/validation"))]
+            for index, row in enumerate(dataset_rows(root, "sciq", "sciq/none/validation"))]
 
 
 def _winogrande(root: Path) -> list[dict]:
     # lm-eval winogrande (partial evaluation), winogrande_xl validation split (test unlabelled).
     items = []
-    for index, row in enumerate(_rows(root, "winogrande", "winogrande/winogrande_xl/validation")):
+    for index, row in enumerate(dataset_rows(root, "winogrande", "winogrande/winogrande_xl/validation")):
         sentence = row["sentence"]
         blank = sentence.index("_")
         rest = " " + sentence[blank + 1:].strip()
@@ -157,7 +159,7 @@ def _mmlu_subject(root: Path, subject: str) -> list[dict]:
     name = f"mmlu_{subject}"
     header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
     items = []
-    for index, row in enumerate(_rows(root, name, f"hails/mmlu_no_train/{subject}/test")):
+    for index, row in enumerate(dataset_rows(root, name, f"hails/mmlu_no_train/{subject}/test")):
         options = "".join(f"{letter}. {choice}\n" for letter, choice in zip("ABCD", row["choices"]))
         items.append({"id": f"mmlu/{subject}/{index:04d}",
                       "context": f"{header}{row['question'].strip()}\n{options}Answer:",

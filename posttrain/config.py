@@ -523,7 +523,8 @@ class SafetyReplayParams(_Section):
     """GSM pairs mixed into the safety training: the start policy's correct solutions, held
     by the NLL term (safety.sft_weight), keep the arithmetic the safety pairs would cost."""
 
-    fraction: float = Field(0.3, ge=0, lt=1, description="share of GSM pairs in the training mix; 0 = none")
+    fraction: float = Field(0.3, ge=0, lt=1, description="share of GSM pairs among the safety and GSM pairs "
+                            "(everyday pairs come on top); 0 = none")
     source: Literal["on_policy", "preferences"] = Field(
         "on_policy", description="on_policy: pairs from the start policy's own samples on GSM training prompts; "
         "preferences: the pairs of stage preferences (sampled from the SFT policy)")

