@@ -73,8 +73,8 @@ from posttrain.models import checkpoint_dirs, load_tokenizer  # noqa: E402
 from posttrain.preferences import preference_example  # noqa: E402
 from posttrain.refusal import classify_refusal  # noqa: E402
 from posttrain.safety import (  # noqa: E402
-    EVERYDAY_VS_REFUSAL, GSM_REPLAY, everyday_pairs, everyday_requests, held_out_monitor, interpolate_adapter,
-    on_policy_replay_pairs, replay_count, safety_example, safety_pairs, sampled_behaviour)
+    GSM_REPLAY, everyday_pairs, everyday_requests, held_out_monitor, interpolate_adapter, on_policy_replay_pairs,
+    replay_count, safety_example, safety_pairs, sampled_behaviour, training_mix)
 from posttrain.safety_data import held_out_split  # noqa: E402
 from posttrain.training import broadcast_from_main, process_state, write_rows_csv  # noqa: E402
 
@@ -156,12 +156,7 @@ with tracking.stage_run("safety", params, SECTIONS):
 
         # 4. Safety, replay and everyday pairs, shuffled together (max_pairs: everyday pairs come on top
         # of the room left for the replay, so the cut drops a seeded sample of every source).
-        mix = pairs + replay + helpful
-        random.Random(params.seed).shuffle(mix)
-        mix = mix[: cfg.max_pairs]
-        if all(p["source"] in (GSM_REPLAY, EVERYDAY_VS_REFUSAL) for p in mix):  # nothing about harmful requests
-            raise SystemExit("safety: no safety pairs to train on: the start policy refused every harmful prompt "
-                             "and no benign prompt was given; nothing to align")
+        mix = training_mix(pairs, replay, helpful, cfg.max_pairs, params.seed)
         built = {"mix": mix, "behaviour": sampled_behaviour(rows, verdicts), "already": already,
                  "replay": replay_metrics, "everyday": everyday_metrics, "sampling_seconds": round(sampling_seconds, 1)}
     built = broadcast_from_main(built)  # every process now holds the same mix

@@ -71,8 +71,11 @@ def pipeline(tmp_path_factory):
     outputs["exp"] = run(["dvc", "exp", "run", "-n", "best-of-3", "-S", "best_of_n.n=3"], root, env)
     run(["git", "checkout", "-q", "--", "."], root, env)  # back to the committed baseline
     run(["dvc", "checkout", "-q"], root, env)
-    for steps in (3, 4):  # a knob whose effect on the metrics is certain: the safety stage's step count
-        run(["dvc", "exp", "run", "--queue", "-n", f"steps-{steps}", "-S", f"safety.max_steps={steps}"], root, env)
+    # A knob whose effect on the metrics is certain: best-of-N's sample count. Its stage
+    # starts a vLLM engine and logs to MLflow like any other, and reruns alone (with the
+    # report): the cheapest stage that shows what a queued experiment must land.
+    for n in (4, 5):
+        run(["dvc", "exp", "run", "--queue", "-n", f"best-of-{n}", "-S", f"best_of_n.n={n}"], root, env)
     try:
         outputs["queue"] = run_queue(root, env, workers=2)
         yield root, env, outputs
@@ -101,7 +104,7 @@ def run_queue(root: Path, env: dict, workers: int, timeout: float = 900) -> str:
             return status
         if time.time() > deadline:
             break
-        time.sleep(10)
+        time.sleep(3)
     names = [line.split()[1] for line in status.splitlines()[1:] if len(line.split()) > 1 and line.split()[0] != "Worker"]
     logs = [subprocess.run(["dvc", "queue", "logs", name], cwd=root, env=env, capture_output=True, text=True,
                            timeout=60).stdout[-2000:] for name in names]
@@ -181,12 +184,12 @@ def test_mlflow_nests_each_pipeline_runs_stages_under_one_parent(pipeline):
             children[r.data.tags["mlflow.parentRunId"]].append(r)  # every stage run has a parent
     by_experiment = {p.data.tags["dvc.experiment"]: children[run_id] for run_id, p in parents.items()}
     # The no-op repro ran no stage, so opened no pipeline run.
-    assert set(by_experiment) == {"workspace", "best-of-3", "steps-3", "steps-4"}
+    assert set(by_experiment) == {"workspace", "best-of-3", "best-of-4", "best-of-5"}
     assert {r.data.tags["posttrain.stage"] for r in by_experiment["workspace"]} == STAGE_RUNS
     assert sorted(r.data.tags["posttrain.stage"] for r in by_experiment["best-of-3"]) == sorted(
         s for s in stages_ran(outputs["exp"]) if s in STAGE_RUNS)
-    for name in ("steps-3", "steps-4"):  # queued: ran in .dvc/tmp/exps copies, logged here
-        assert {r.data.tags["posttrain.stage"] for r in by_experiment[name]} == {"safety", "evaluate@safety"}
+    for name in ("best-of-4", "best-of-5"):  # queued: ran in .dvc/tmp/exps copies, logged here
+        assert [r.data.tags["posttrain.stage"] for r in by_experiment[name]] == ["best_of_n"]
     commit = subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=root, capture_output=True, text=True).stdout.strip()
     for r in by_experiment["workspace"]:
         assert r.info.status == "FINISHED"
@@ -215,11 +218,11 @@ def test_queued_experiments_land_in_the_one_repository(pipeline):
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env))
     experiments = {e["name"]: e for baseline in shown for e in (baseline.get("experiments") or [])
                    for e in [e["revs"][0]] if e.get("name")}
-    assert {"steps-3", "steps-4", "best-of-3"} <= set(experiments)
-    diff = json.loads(run(["dvc", "metrics", "diff", "steps-3", "steps-4", "--json"], root, env))
-    assert diff["metrics/safety.json"]["steps"] == {"old": 3, "new": 4, "diff": 1}, diff
+    assert {"best-of-3", "best-of-4", "best-of-5"} <= set(experiments)
+    diff = json.loads(run(["dvc", "metrics", "diff", "best-of-4", "best-of-5", "--json"], root, env))
+    assert diff["metrics/best_of_n.json"]["n_samples"] == {"old": 4, "new": 5, "diff": 1}, diff
     # The queued outputs are in the repository's cache: applying one needs nothing rebuilt.
-    run(["dvc", "exp", "apply", "steps-4"], root, env)
+    run(["dvc", "exp", "apply", "best-of-5"], root, env)
     status = run(["dvc", "status"], root, env)
     assert "changed" not in status, status
-    assert yaml.safe_load((root / "params.yaml").read_text())["safety"]["max_steps"] == 4
+    assert yaml.safe_load((root / "params.yaml").read_text())["best_of_n"]["n"] == 5

@@ -14,7 +14,8 @@ from posttrain.errors import UserError
 from posttrain.safety import (CURATED_OVER_REFUSAL, EVERYDAY_VS_REFUSAL, GSM_REPLAY, POLICY_COMPLIANCE,
                               POLICY_OVER_REFUSAL, STOCK_OVER_REFUSAL, STOCK_REFUSALS, complete_sentences, everyday_pairs,
                               everyday_requests, held_out_reading, interpolate_adapter, on_policy_replay_pairs,
-                              replay_count, safety_pairs, sampled_behaviour, wikihow_request, wikihow_titles)
+                              replay_count, safety_pairs, sampled_behaviour, training_mix, wikihow_request,
+                              wikihow_titles)
 from posttrain.safety_data import SafetyDataError, held_out_split, load_builtin_safety_prompts
 
 from conftest import FAST, copy_with_crafted_pairs, run_stage
@@ -406,6 +407,43 @@ def test_everyday_pairs_choose_the_policy_s_own_answer_over_a_curated_refusal():
     # no harmful prompt, no refusal to reject: no pairs, and the count says why
     assert everyday_pairs(["q"], ["Sure."], [True], [BENIGN], seed=0) == (
         [], {"everyday_without_refusal_to_reject": 1})
+
+
+def test_training_mix_shuffles_every_source_together_and_cuts_a_seeded_sample():
+    def tagged(source, n):
+        return [{"prompt_id": f"{source}-{i}", "source": source} for i in range(n)]
+
+    safety = tagged(POLICY_COMPLIANCE, 6) + tagged(CURATED_OVER_REFUSAL, 4)
+    replay, everyday = tagged(GSM_REPLAY, 5), tagged(EVERYDAY_VS_REFUSAL, 7)
+    whole = training_mix(safety, replay, everyday, None, seed=1)
+    # max_pairs null: every pair once, the sources interleaved rather than in blocks
+    assert sorted(p["prompt_id"] for p in whole) == sorted(p["prompt_id"] for p in safety + replay + everyday)
+    assert {p["source"] for p in whole[:11]} == {p["source"] for p in whole[11:]} == {
+        POLICY_COMPLIANCE, CURATED_OVER_REFUSAL, GSM_REPLAY, EVERYDAY_VS_REFUSAL}
+    assert training_mix(safety, replay, everyday, None, seed=1) == whole  # seeded
+    assert training_mix(safety, replay, everyday, None, seed=2) != whole
+    # max_pairs: the head of the same shuffle, so a smaller cut is a subset of a larger one
+    assert training_mix(safety, replay, everyday, 9, seed=1) == whole[:9]
+    assert len({p["source"] for p in whole[:9]}) > 1
+    # the caller's lists are left as they were
+    assert [p["prompt_id"] for p in replay] == [f"{GSM_REPLAY}-{i}" for i in range(5)]
+
+
+def test_training_mix_without_a_safety_pair_fails_in_one_line_naming_why():
+    replay = [{"prompt_id": f"gsm-{i}", "source": GSM_REPLAY} for i in range(3)]
+    everyday = [{"prompt_id": f"everyday-{i}", "source": EVERYDAY_VS_REFUSAL} for i in range(3)]
+    # the start policy refused every harmful prompt and no benign one was given: replay and
+    # everyday pairs alone align nothing
+    with pytest.raises(SafetyDataError, match=r"^safety: no safety pairs to train on: the start policy refused") as e:
+        training_mix([], replay, everyday, None, seed=0)
+    assert "\n" not in str(e.value)
+    # a cut that keeps none of the safety pairs names safety.max_pairs
+    one = [{"prompt_id": "h-0", "source": POLICY_COMPLIANCE}]
+    seed = next(s for s in range(50) if training_mix(one, replay, everyday, None, s)[0]["source"] != POLICY_COMPLIANCE)
+    with pytest.raises(SafetyDataError, match=r"safety\.max_pairs: 1 kept none of its 1 safety pairs"):
+        training_mix(one, replay, everyday, 1, seed)
+    # one safety pair in the mix is enough
+    assert any(p["source"] == POLICY_COMPLIANCE for p in training_mix(one, replay, everyday, None, seed))
 
 
 def test_safety_stage_mixes_in_everyday_requests_and_accounts_for_each(sft_workspace, tmp_path):
