@@ -153,23 +153,34 @@ def _load_pretrained(source: str, params: ModelParams):
     return model, tokenizer
 
 
-def resolve_base(params: ModelParams, seed: int):
-    """Load (or build) the base model and tokenizer that `model.source` names."""
-    source = params.source
+def check_model_source(source: str) -> None:
+    """What can be checked of `model.source` without loading anything: the packaged GGUF
+    is installed; a local directory exists and holds a config.json. A ModelSourceError
+    (one line) otherwise. A hub id is only checked when it is downloaded."""
     if source == PACKAGED_SOURCE:
-        model, tokenizer = _load_packaged_gguf()
+        packaged_gguf_path()
     elif source == TINY_SOURCE:
-        model, tokenizer = build_tiny(params.tiny, seed)
+        return
     elif Path(source).expanduser().exists():
-        local = Path(source).expanduser()
-        if not (local / "config.json").is_file():
+        if not (Path(source).expanduser() / "config.json").is_file():
             raise ModelSourceError(f"model.source: {source} is a path but has no config.json")
-        model, tokenizer = _load_pretrained(str(local), params)
     elif looks_like_path(source):
         raise ModelSourceError(
             f"model.source: {source} does not exist (a local model directory must exist; "
             "a hub id looks like org/name)"
         )
+
+
+def resolve_base(params: ModelParams, seed: int):
+    """Load (or build) the base model and tokenizer that `model.source` names."""
+    source = params.source
+    check_model_source(source)
+    if source == PACKAGED_SOURCE:
+        model, tokenizer = _load_packaged_gguf()
+    elif source == TINY_SOURCE:
+        model, tokenizer = build_tiny(params.tiny, seed)
+    elif Path(source).expanduser().exists():
+        model, tokenizer = _load_pretrained(str(Path(source).expanduser()), params)
     else:
         model, tokenizer = _load_pretrained(source, params)  # a hub id
     if not tokenizer.chat_template:

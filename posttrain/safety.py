@@ -193,7 +193,7 @@ def training_mix(pairs: list[dict], replay: list[dict], everyday: list[dict], ma
                  seed: int) -> list[dict]:
     """Stage safety's training mix: the safety, GSM replay and everyday pairs shuffled
     together (seeded) and cut to max_pairs. The everyday pairs come on top of the room
-    safety_pairs' caller left for the replay, so the cut drops a seeded sample of every
+    the stage left for the replay, so the cut drops a seeded sample of every
     source. Raises SafetyDataError (one line) when no pair of the mix is about a safety
     prompt (a harmful one or a benign look-alike): replay and everyday pairs alone would
     train for nothing the stage is for."""
@@ -203,7 +203,7 @@ def training_mix(pairs: list[dict], replay: list[dict], everyday: list[dict], ma
     random.Random(seed).shuffle(mix)
     mix = mix[:max_pairs]
     if all(p["source"] in (GSM_REPLAY, EVERYDAY_VS_REFUSAL) for p in mix):
-        why = (f"safety.max_pairs: {max_pairs} kept none of its {len(pairs)} safety pairs; raise it" if pairs else
+        why = (f"safety.max_pairs: {max_pairs} kept none of the {len(pairs)} safety pairs; raise it" if pairs else
                "the start policy refused every harmful training prompt and no benign prompt was given")
         raise SafetyDataError(f"safety: no safety pairs to train on: {why}; nothing to align")
     return mix

@@ -15,9 +15,12 @@ params = load_params()  # fails fast, before torch is imported
 
 from posttrain import runtime, tracking  # noqa: E402
 from posttrain.io import atomic_dir, write_json  # noqa: E402
-from posttrain.models import ModelSourceError, count_parameters, resolve_base, save_checkpoint  # noqa: E402
+from posttrain.models import (  # noqa: E402
+    ModelSourceError, check_model_source, count_parameters, resolve_base, save_checkpoint)
 
 SECTIONS = ["seed", "model"]  # the params sections this stage reads
+# A missing package or directory is one line before torch loads and the MLflow run opens.
+check_model_source(params.model.source)
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("base", params, SECTIONS):
     started = time.perf_counter()

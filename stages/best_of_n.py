@@ -34,21 +34,25 @@ from posttrain.models import checkpoint_dirs, load_reward_model, load_tokenizer 
 SECTIONS = ["seed", "prompt", "best_of_n", "generation"]  # the params sections this stage reads
 cfg = params.best_of_n
 
+# What the stage was given, checked before torch loads and the MLflow run opens: a missing
+# or damaged input is one line in a second, and leaves no failed run behind.
+problems = read_jsonl(args.test, GSM_RECORD)[: cfg.limit]
+greedy = {row["id"]: row["strict_correct"] for row in read_jsonl(args.greedy)
+          if row["task"] == "gsm"}
+if missing := [p["id"] for p in problems if p["id"] not in greedy]:
+    raise SystemExit(f"best_of_n.limit: {len(missing)} of its {len(problems)} problems have no greedy result in "
+                     f"{args.greedy} (evaluate.gsm_limit is smaller); lower best_of_n.limit")
+policy_base_dir = checkpoint_dirs(args.policy, args.base)[0]
+reward_base, reward_init = checkpoint_dirs(args.reward_start, args.base)
+
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("best_of_n", params, SECTIONS):
-    problems = read_jsonl(args.test, GSM_RECORD)[: cfg.limit]
-    greedy = {row["id"]: row["strict_correct"] for row in read_jsonl(args.greedy)
-              if row["task"] == "gsm"}
-    if missing := [p["id"] for p in problems if p["id"] not in greedy]:
-        raise SystemExit(f"best_of_n.limit: {len(missing)} of its {len(problems)} problems have no greedy result in "
-                         f"{args.greedy} (evaluate.gsm_limit is smaller); lower best_of_n.limit")
-    tokenizer = load_tokenizer(checkpoint_dirs(args.policy, args.base)[0])
+    tokenizer = load_tokenizer(policy_base_dir)
     conversations = [gsm_messages(p["question"], params.prompt) for p in problems]
     prompts = render_prompts(tokenizer, conversations)
     samples, sampling_seconds = sample_groups(params.generation, args.policy, args.base, params.seed, prompts,
                                               cfg.sampling, cfg.n, desc=f"best-of-{cfg.n}")
 
-    reward_base, reward_init = checkpoint_dirs(args.reward_start, args.base)
     reward_model = load_reward_model(reward_base, reward_init, args.reward_model, tokenizer.pad_token_id)
     flat = score_texts(reward_model, tokenizer, [c + [{"role": "assistant", "content": s}]
                                                  for c, group in zip(conversations, samples) for s in group])

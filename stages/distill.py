@@ -51,10 +51,13 @@ from posttrain.training import write_log_history  # noqa: E402
 
 SECTIONS = ["seed", "prompt", "distill", "generation"]  # the params sections this stage reads
 
+# What the stage was given, checked before torch loads and the MLflow run opens: a missing
+# or damaged input is one line in a second, and leaves no failed run behind.
+records = read_jsonl(args.prompts, GSM_RECORD)[: cfg.num_prompts]
+base_dir, student_adapter = adapter_checkpoint(args.student, args.base, "distill.student")
+
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("distill", params, SECTIONS):
-    records = read_jsonl(args.prompts, GSM_RECORD)[: cfg.num_prompts]
-    base_dir, student_adapter = adapter_checkpoint(args.student, args.base, "distill.student")
     teacher = cfg.teacher_model or args.teacher
     conversations = [gsm_messages(r["question"], params.prompt) for r in records]
     metrics = {"method": cfg.method, "student": args.student.name,

@@ -22,14 +22,19 @@ params = load_params()
 from posttrain import runtime, tracking  # noqa: E402
 from posttrain.dpo import train_dpo  # noqa: E402
 from posttrain.io import PAIR, read_jsonl, write_json  # noqa: E402
+from posttrain.models import adapter_checkpoint  # noqa: E402
 from posttrain.preferences import preference_example  # noqa: E402
 
 SECTIONS = ["seed", "prompt", "dpo"]  # the params sections this stage reads
 cfg = params.dpo
 
+# What the stage was given, checked before torch loads and the MLflow run opens: a missing
+# or damaged input is one line in a second, and leaves no failed run behind.
+adapter_checkpoint(args.start, args.base)
+pairs = read_jsonl(args.pairs, PAIR)[: cfg.max_pairs]
+
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("dpo", params, SECTIONS):
-    pairs = read_jsonl(args.pairs, PAIR)[: cfg.max_pairs]
     examples = [preference_example(p, params.prompt) for p in pairs]
     result = train_dpo(params, cfg, args.start, args.base, examples, args.out, args.log, "dpo", SECTIONS,
                        sft_weight=cfg.sft_weight)

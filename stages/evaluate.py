@@ -55,23 +55,25 @@ def with_intervals(metrics: dict, flags: dict[str, list[bool]]) -> dict:
     return metrics
 
 
+# Every input is read before torch loads, the MLflow run opens and the engine starts: a
+# missing or damaged one is one line in a second, and leaves no failed run behind.
+base_dir, _ = checkpoint_dirs(args.checkpoint, args.base)  # fails in one line when the checkpoint is missing
+problems = read_jsonl(args.test, GSM_RECORD)[: cfg.gsm_limit]
+safety_prompts = read_jsonl(args.safety_test, SAFETY_PROMPT)[: cfg.safety_limit]
+follow = cfg.instructions
+if follow.prompts:
+    from posttrain.instructions import load_prompts, make_prompts, score
+
+    records = (make_prompts(follow.prompts, params.seed, follow.instructions_per_prompt)
+               if follow.source == "generated" else load_prompts(follow.source)[: follow.prompts])
+general = cfg.general
+if general.tasks:
+    from posttrain.benchmarks import load_task, score_task
+
+    benchmark_items = {task: load_task(task, general.limit, params.seed) for task in general.tasks}
+
 threads = runtime.setup(params.runtime, params.seed)
 with tracking.stage_run(f"evaluate@{checkpoint_name}", params, SECTIONS):
-    # Every input is read before the engine starts: a missing or damaged one fails in seconds.
-    base_dir, _ = checkpoint_dirs(args.checkpoint, args.base)  # fails in one line when the checkpoint is missing
-    problems = read_jsonl(args.test, GSM_RECORD)[: cfg.gsm_limit]
-    safety_prompts = read_jsonl(args.safety_test, SAFETY_PROMPT)[: cfg.safety_limit]
-    follow = cfg.instructions
-    if follow.prompts:
-        from posttrain.instructions import load_prompts, make_prompts, score
-
-        records = (make_prompts(follow.prompts, params.seed, follow.instructions_per_prompt)
-                   if follow.source == "generated" else load_prompts(follow.source)[: follow.prompts])
-    general = cfg.general
-    if general.tasks:
-        from posttrain.benchmarks import load_task, score_task
-
-        benchmark_items = {task: load_task(task, general.limit, params.seed) for task in general.tasks}
     tokenizer = load_tokenizer(base_dir)
     rows, metrics = [], {"checkpoint": checkpoint_name}
     with open_engine(params.generation, args.checkpoint, args.base, params.seed, cfg.batch_size) as engine:

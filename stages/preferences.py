@@ -33,10 +33,14 @@ from posttrain.preferences import pairs_for_prompt, split_by_prompt  # noqa: E40
 SECTIONS = ["seed", "prompt", "preferences", "generation"]  # the params sections this stage reads
 cfg = params.preferences
 
+# What the stage was given, checked before torch loads and the MLflow run opens: a missing
+# or damaged input is one line in a second, and leaves no failed run behind.
+records = read_jsonl(args.prompts, GSM_RECORD)[: cfg.num_prompts]
+policy_base_dir = checkpoint_dirs(args.policy, args.base)[0]
+
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("preferences", params, SECTIONS):
-    records = read_jsonl(args.prompts, GSM_RECORD)[: cfg.num_prompts]
-    tokenizer = load_tokenizer(checkpoint_dirs(args.policy, args.base)[0])
+    tokenizer = load_tokenizer(policy_base_dir)
     k = cfg.samples_per_prompt
     prompts = render_prompts(tokenizer, [gsm_messages(r["question"], params.prompt) for r in records])
     groups, sampling_seconds = sample_groups(params.generation, args.policy, args.base, params.seed, prompts,

@@ -25,15 +25,17 @@ from posttrain.io import atomic_dir, write_json, write_jsonl  # noqa: E402
 from posttrain.safety_data import SafetyDataError, load_safety_prompts, split_safety  # noqa: E402
 
 SECTIONS = ["seed", "data"]  # the params sections this stage reads
-with tracking.stage_run("prepare", params, SECTIONS):
-    try:
-        gsm = prepare_gsm(params.data, params.seed)
-        safety_train, safety_test = split_safety(
-            load_safety_prompts(params.data.safety.source), params.data.safety.test_fraction, params.seed,
-            tuple(params.data.safety.held_out_subtypes))
-    except (DataError, SafetyDataError) as exc:
-        raise SystemExit(f"prepare: {exc}") from None
+# The data, read and checked before the MLflow run opens: a bad file is one line and
+# leaves no failed run behind.
+try:
+    gsm = prepare_gsm(params.data, params.seed)
+    safety_train, safety_test = split_safety(
+        load_safety_prompts(params.data.safety.source), params.data.safety.test_fraction, params.seed,
+        tuple(params.data.safety.held_out_subtypes))
+except (DataError, SafetyDataError) as exc:
+    raise SystemExit(f"prepare: {exc}") from None
 
+with tracking.stage_run("prepare", params, SECTIONS):
     if params.data.safety.held_out_subtypes and not any(row.get("held_out_subtype") for row in safety_test):
         print(f"prepare: {params.data.safety.source} has no subtype field: data.safety.held_out_subtypes holds "
               "nothing out", file=sys.stderr)

@@ -36,14 +36,17 @@ from posttrain.training import (  # noqa: E402
 SECTIONS = ["seed", "prompt", "reward_model"]  # the params sections this stage reads
 cfg = params.reward_model
 
+# What the stage was given, checked before torch loads and the MLflow run opens: a missing
+# or damaged input is one line in a second, and leaves no failed run behind.
+train_pairs = read_jsonl(args.pairs / "train.jsonl", PAIR)[: cfg.max_pairs]
+held_out = read_jsonl(args.pairs / "held_out.jsonl", PAIR)
+base_dir, adapter_dir = checkpoint_dirs(args.start, args.base)
+
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("reward_model", params, SECTIONS):
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    train_pairs = read_jsonl(args.pairs / "train.jsonl", PAIR)[: cfg.max_pairs]
-    held_out = read_jsonl(args.pairs / "held_out.jsonl", PAIR)
-    base_dir, adapter_dir = checkpoint_dirs(args.start, args.base)
     tokenizer = load_tokenizer(base_dir, padding_side="right")
     model = load_reward_backbone(base_dir, adapter_dir, tokenizer.pad_token_id)
 

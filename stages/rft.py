@@ -45,10 +45,13 @@ from posttrain.training import write_rows_csv  # noqa: E402
 SECTIONS = ["seed", "prompt", "rft", "generation"]  # the params sections this stage reads
 cfg = params.rft
 
+# What the stage was given, checked before torch loads and the MLflow run opens: a missing
+# or damaged input is one line in a second, and leaves no failed run behind.
+records = read_jsonl(args.prompts, GSM_RECORD)[: cfg.num_prompts]
+base_dir, adapter_dir = adapter_checkpoint(args.start, args.base)
+
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("rft", params, SECTIONS), tempfile.TemporaryDirectory(prefix="rft-rounds-") as scratch:
-    records = read_jsonl(args.prompts, GSM_RECORD)[: cfg.num_prompts]
-    base_dir, adapter_dir = adapter_checkpoint(args.start, args.base)
     prompts = render_prompts(load_tokenizer(base_dir), [gsm_messages(r["question"], params.prompt) for r in records])
 
     current, rounds, losses, step_offset = adapter_dir, [], [], 0

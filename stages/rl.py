@@ -63,18 +63,23 @@ weights = RewardWeights(**cfg.reward.model_dump())
 # completions (rl.vllm_kv_cache_gib), not to an evaluation's (generation.kv_cache_gib).
 sampler_generation = params.generation.model_copy(update={"kv_cache_gib": cfg.vllm_kv_cache_gib})
 
+# What the stage was given, checked before torch loads and the MLflow run opens: a missing
+# or damaged input is one line in a second, and leaves no failed run behind.
+rl_split = read_jsonl(args.prompts, GSM_RECORD)
+if cfg.num_prompts + cfg.held_out_prompts > len(rl_split):
+    raise SystemExit(f"rl: num_prompts + held_out_prompts = {cfg.num_prompts + cfg.held_out_prompts} exceed the "
+                     f"{len(rl_split)} prompts of {args.prompts} (data.split.rl)")
+records = rl_split[: cfg.num_prompts]
+# Never trained on: the held-out monitor (accuracy beside the training reward).
+held_out = rl_split[len(rl_split) - cfg.held_out_prompts:] if cfg.held_out_prompts else []
+base_dir, adapter_dir = checkpoint_dirs(args.start, args.base)
+if weights.reward_model:  # the optional reward-model term's checkpoint
+    reward_base, reward_init = checkpoint_dirs(args.reward_start, args.base)
+
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("rl", params, SECTIONS):
     from peft import PeftModel
 
-    rl_split = read_jsonl(args.prompts, GSM_RECORD)
-    if cfg.num_prompts + cfg.held_out_prompts > len(rl_split):
-        raise SystemExit(f"rl: num_prompts + held_out_prompts = {cfg.num_prompts + cfg.held_out_prompts} exceed the "
-                         f"{len(rl_split)} prompts of {args.prompts} (data.split.rl)")
-    records = rl_split[: cfg.num_prompts]
-    # Never trained on: the held-out monitor (accuracy beside the training reward).
-    held_out = rl_split[len(rl_split) - cfg.held_out_prompts:] if cfg.held_out_prompts else []
-    base_dir, adapter_dir = checkpoint_dirs(args.start, args.base)
     tokenizer = load_tokenizer(base_dir)
     policy = PeftModel.from_pretrained(load_base_for_training(base_dir, "none"), adapter_dir, is_trainable=True)
     completion_log, history, held_out_history = CompletionLog(), [], []
@@ -84,7 +89,6 @@ with tracking.stage_run("rl", params, SECTIONS):
         from posttrain.reward_model import score_texts
         from posttrain.models import load_reward_model
 
-        reward_base, reward_init = checkpoint_dirs(args.reward_start, args.base)
         reward_model = load_reward_model(reward_base, reward_init, args.reward_model, tokenizer.pad_token_id)
         score_with_reward_model = functools.partial(score_texts, reward_model, tokenizer)
 

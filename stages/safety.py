@@ -81,21 +81,26 @@ from posttrain.training import broadcast_from_main, process_state, write_rows_cs
 SECTIONS = ["seed", "prompt", "safety", "generation"]  # the params sections this stage reads
 cfg = params.safety
 
+# What the stage was given, checked before torch loads and the MLflow run opens: a missing
+# or damaged input is one line in a second, and leaves no failed run behind.
+base_dir, start_adapter = checkpoint_dirs(args.start, args.base)
+# The held-out slice, never trained on: safety prompts left out of the pairs, and the
+# tail of the rl split (rl's own held-out slice) left out of the replay.
+rows, held_out_rows = held_out_split(read_jsonl(args.prompts, SAFETY_PROMPT), cfg.held_out_prompts, params.seed)
+gsm_records = read_jsonl(args.gsm_prompts, GSM_RECORD) if cfg.replay.source == "on_policy" or \
+    cfg.held_out_gsm_prompts else []
+if cfg.held_out_gsm_prompts > len(gsm_records):
+    raise UserError(f"params.yaml: safety.held_out_gsm_prompts: {cfg.held_out_gsm_prompts} exceeds the "
+                    f"{len(gsm_records)} prompts of {args.gsm_prompts}")
+held_out_gsm = gsm_records[len(gsm_records) - cfg.held_out_gsm_prompts:] if cfg.held_out_gsm_prompts else []
+gsm_records = gsm_records[: len(gsm_records) - cfg.held_out_gsm_prompts]
+# replay.source preferences: stage preferences' pairs (on_policy samples them here instead)
+gsm_pairs = read_jsonl(args.gsm_pairs, PAIR) if cfg.replay.source != "on_policy" else []
+everyday = everyday_requests(cfg.everyday.source, cfg.everyday.prompts, params.seed)
+
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("safety", params, SECTIONS):
     state = process_state()
-    base_dir, start_adapter = checkpoint_dirs(args.start, args.base)
-    # The held-out slice, never trained on: safety prompts left out of the pairs, and the
-    # tail of the rl split (rl's own held-out slice) left out of the replay.
-    rows, held_out_rows = held_out_split(read_jsonl(args.prompts, SAFETY_PROMPT), cfg.held_out_prompts, params.seed)
-    gsm_records = read_jsonl(args.gsm_prompts, GSM_RECORD) if cfg.replay.source == "on_policy" or \
-        cfg.held_out_gsm_prompts else []
-    if cfg.held_out_gsm_prompts > len(gsm_records):
-        raise UserError(f"params.yaml: safety.held_out_gsm_prompts: {cfg.held_out_gsm_prompts} exceeds the "
-                        f"{len(gsm_records)} prompts of {args.gsm_prompts}")
-    held_out_gsm = gsm_records[len(gsm_records) - cfg.held_out_gsm_prompts:] if cfg.held_out_gsm_prompts else []
-    gsm_records = gsm_records[: len(gsm_records) - cfg.held_out_gsm_prompts]
-    everyday = everyday_requests(cfg.everyday.source, cfg.everyday.prompts, params.seed)
     tokenizer = load_tokenizer(base_dir)
     built = None
     if state.is_main_process:  # under `accelerate launch`, one process samples and builds the mix
@@ -133,7 +138,6 @@ with tracking.stage_run("safety", params, SECTIONS):
                 replay_metrics = {"prompts": len(records), "sampling_seconds": round(gsm_seconds, 1),
                                   "start_policy_sample_strict_accuracy": round(sum(graded) / max(1, len(graded)), 4)}
             else:  # stage preferences' pairs, sampled from the SFT policy
-                gsm_pairs = read_jsonl(args.gsm_pairs, PAIR)
                 n_replay = replay_count(len(pairs), r.fraction, len(gsm_pairs))
                 replay = [{**p, "source": GSM_REPLAY, "replay_kind": p["source"]}
                           for p in random.Random(params.seed).sample(gsm_pairs, n_replay)]

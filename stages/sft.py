@@ -38,7 +38,17 @@ from posttrain.training import (  # noqa: E402
 SECTIONS = ["seed", "prompt", "sft", "safety.held_out_prompts"]  # the params this stage reads
 cfg = params.sft
 
+# What the stage was given, checked before torch loads and the MLflow run opens: a missing
+# or damaged input is one line in a second, and leaves no failed run behind.
+if cfg.merge and cfg.quantization != "none":
+    raise SystemExit("sft.merge: merging into a quantised base loses precision; "
+                     "merge an adapter trained with sft.quantization: none")
 checkpoint_dirs(args.base, args.base)  # a missing or damaged base is one line now, not a hub lookup error later
+records = read_jsonl(args.train, GSM_RECORD)
+# safety prompts with their curated responses, less those stage safety holds out
+safety_rows = held_out_split(read_jsonl(args.safety, SAFETY_PROMPT), params.safety.held_out_prompts,
+                             params.seed)[0] if cfg.safety_share > 0 else []
+
 threads = runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("sft", params, SECTIONS):
     from datasets import Dataset
@@ -46,7 +56,7 @@ with tracking.stage_run("sft", params, SECTIONS):
 
     tokenizer = load_tokenizer(args.base, padding_side="right")
     conversations, too_long = [], 0
-    for record in read_jsonl(args.train, GSM_RECORD):
+    for record in records:
         messages = gsm_messages(record["question"], params.prompt)
         messages.append({"role": "assistant", "content": record["solution"]})
         fitted = fit_to_length(tokenizer, messages, cfg.max_length)
@@ -57,23 +67,19 @@ with tracking.stage_run("sft", params, SECTIONS):
     if too_long:
         print(f"sft: skipped {too_long} examples whose answer alone exceeds sft.max_length={cfg.max_length}")
     safety_examples = 0
-    if cfg.safety_share > 0:  # safety prompts with their curated responses, a seeded sample
-        rows = held_out_split(read_jsonl(args.safety, SAFETY_PROMPT), params.safety.held_out_prompts, params.seed)[0]
+    if cfg.safety_share > 0:  # a seeded sample of the safety rows
         wanted = round(len(conversations) * cfg.safety_share / (1 - cfg.safety_share))
-        picked = random.Random(params.seed).sample(rows, min(wanted, len(rows)))
+        picked = random.Random(params.seed).sample(safety_rows, min(wanted, len(safety_rows)))
         safety = [fit_to_length(tokenizer, chat_messages(row["prompt"], params.prompt)
                                 + [{"role": "assistant", "content": row["response"]}], cfg.max_length)
                   for row in picked]
         conversations += [{"messages": messages} for messages in safety if messages is not None]
         safety_examples = sum(messages is not None for messages in safety)
-        if wanted > len(rows):
+        if wanted > len(safety_rows):
             print(f"sft: sft.safety_share {cfg.safety_share} asks for {wanted} safety examples; {args.safety} "
-                  f"holds {len(rows)}")
+                  f"holds {len(safety_rows)}")
     dataset = Dataset.from_list(conversations)
 
-    if cfg.merge and cfg.quantization != "none":
-        raise SystemExit("sft.merge: merging into a quantised base loses precision; "
-                         "merge an adapter trained with sft.quantization: none")
     # Resumable checkpoints (and the trainer's scratch) live outside the DVC output.
     checkpoints = checkpoints_for("sft", params, SECTIONS, conversations, [args.base])
     config = SFTConfig(

@@ -56,13 +56,15 @@ from posttrain.training import (  # noqa: E402
 
 SECTIONS = ["seed", "prompt", "tool_rl", "generation"]  # the params sections this stage reads
 
+# What the stage was given, checked before torch loads and the MLflow run opens: a missing
+# or damaged input is one line in a second, and leaves no failed run behind.
+records = read_jsonl(args.prompts, GSM_RECORD)[: cfg.num_prompts]
+test = read_jsonl(args.test, GSM_RECORD)[: cfg.eval_problems]
+base_dir, adapter_dir = adapter_checkpoint(args.start, args.base)
+
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("tool_rl", params, SECTIONS):
     from peft import PeftModel
-
-    records = read_jsonl(args.prompts, GSM_RECORD)[: cfg.num_prompts]
-    test = read_jsonl(args.test, GSM_RECORD)[: cfg.eval_problems]
-    base_dir, adapter_dir = adapter_checkpoint(args.start, args.base)
 
     # 1. GRPO, the tool in the loop.
     tokenizer = load_tokenizer(base_dir)

@@ -56,12 +56,14 @@ from posttrain.training import write_rows_csv  # noqa: E402
 
 SECTIONS = ["seed", "prompt", "tool_sft", "generation"]  # the params sections this stage reads
 
+# What the stage was given, checked before torch loads and the MLflow run opens: a missing
+# or damaged input is one line in a second, and leaves no failed run behind.
+train = read_jsonl(args.train, GSM_RECORD)[: cfg.num_examples]
+test = read_jsonl(args.test, GSM_RECORD)[: cfg.eval_problems]
+base_dir, adapter_dir = adapter_checkpoint(args.start, args.base)
+
 runtime.setup(params.runtime, params.seed)
 with tracking.stage_run("tool_sft", params, SECTIONS):
-    train = read_jsonl(args.train, GSM_RECORD)[: cfg.num_examples]
-    test = read_jsonl(args.test, GSM_RECORD)[: cfg.eval_problems]
-    base_dir, adapter_dir = adapter_checkpoint(args.start, args.base)
-
     # 1-2. Tool-calling conversations, and SFT on their assistant turns.
     built = [tool_conversation(record, params.prompt) for record in train]
     conversations = [{"messages": messages} for messages, _ in built]

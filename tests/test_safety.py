@@ -440,7 +440,7 @@ def test_training_mix_without_a_safety_pair_fails_in_one_line_naming_why():
     # a cut that keeps none of the safety pairs names safety.max_pairs
     one = [{"prompt_id": "h-0", "source": POLICY_COMPLIANCE}]
     seed = next(s for s in range(50) if training_mix(one, replay, everyday, None, s)[0]["source"] != POLICY_COMPLIANCE)
-    with pytest.raises(SafetyDataError, match=r"safety\.max_pairs: 1 kept none of its 1 safety pairs"):
+    with pytest.raises(SafetyDataError, match=r"safety\.max_pairs: 1 kept none of the 1 safety pairs"):
         training_mix(one, replay, everyday, 1, seed)
     # one safety pair in the mix is enough
     assert any(p["source"] == POLICY_COMPLIANCE for p in training_mix(one, replay, everyday, None, seed))
