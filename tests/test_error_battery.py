@@ -187,9 +187,9 @@ def outputs(root: Path) -> dict:
 @pytest.fixture(scope="module")
 def heavy_imports_blocked(tmp_path_factory) -> Path:
     """A directory to put first on PYTHONPATH: importing torch or mlflow from it fails.
-    Every case runs so, for a stage must check what it was given before it loads torch,
-    transformers and TRL or opens its MLflow run (10-15 s): bad input is one line in a
-    second, and leaves no failed run behind in MLflow."""
+    Every case runs with it first: a stage must check what it was given before it loads
+    torch, transformers and TRL or opens its MLflow run (10-15 s), so that bad input is one
+    line in a second and leaves no failed run behind in MLflow."""
     root = tmp_path_factory.mktemp("blocked")
     for module in HEAVY_MODULES:
         (root / module).mkdir()
