@@ -425,7 +425,15 @@ class VerifierRewardParams(_Section):
 
 
 class RewardWeightParams(VerifierRewardParams):
+    arithmetic: float = Field(0.0, ge=0, description="every equation the completion writes is true")
     reward_model: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _exact_dominates_arithmetic(self) -> RewardWeightParams:
+        if self.arithmetic + self.format >= self.exact:
+            raise ValueError("arithmetic + format must stay below exact, or true steps to a wrong answer pay as "
+                             "much as a right answer")
+        return self
 
 
 class PpoParams(_Section):

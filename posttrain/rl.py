@@ -56,6 +56,12 @@ def trl_reward_functions(weights: RewardWeights, log: CompletionLog, max_complet
         return [reward_parts(_text(c), a)["format"] for c, a in zip(completions, answer)]
 
     functions, function_weights = [exact, format], [weights.exact, weights.format]
+    if weights.arithmetic:
+        def arithmetic(completions, answer, **_):
+            return [reward_parts(_text(c), a)["arithmetic"] for c, a in zip(completions, answer)]
+
+        functions.append(arithmetic)
+        function_weights.append(weights.arithmetic)
     if weights.length:
         def length(completions, completion_ids, **_):
             return [-min(len(ids) / max_completion_length, 1.0) for ids in completion_ids]

@@ -39,3 +39,19 @@ def test_summary_over_problems():
     assert sorted(result["pass_at"]) == [1, 2, 4]
     assert (result["never_right"], result["always_right"]) == (1, 1)
     assert sorted(bench.summary([1] * 5, 16)["pass_at"]) == [1, 2, 4, 8, 16]
+
+
+def test_majority_answer_counts_votes_and_ignores_unanswered_samples():
+    assert bench.majority_answer(["12", None, "7", "12", None, None]) == "12"  # None never wins, however many
+    assert bench.majority_answer(["7", "12", "12", "7"]) == "7"  # a tie: the answer given first
+    assert bench.majority_answer(["12", "7", "7", "12"]) == "12"
+    assert bench.majority_answer([None, None]) is None
+    assert bench.majority_answer([]) is None
+
+
+def test_summary_reports_majority_accuracy_only_when_graded():
+    assert "majority_accuracy" not in bench.summary([0, 2, 4], 4)
+    result = bench.summary([0, 2, 4], 4, [False, True, True])
+    assert result["majority_accuracy"] == pytest.approx(2 / 3, abs=1e-4)
+    with pytest.raises(ValueError):
+        bench.summary([0, 2, 4], 4, [True])

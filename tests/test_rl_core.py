@@ -4,34 +4,73 @@ import pytest
 import torch
 
 from posttrain.reinforce import EmaBaseline, completion_logprobs, reinforce_loss, reinforce_step
-from posttrain.rewards import RewardWeights, reward_parts, total_reward
+from posttrain.rewards import RewardWeights, equations_checked, reward_parts, total_reward
 
 W = RewardWeights(exact=1.0, format=0.1)
 
 
 @pytest.mark.parametrize(
-    ("completion", "exact", "fmt", "reward"),
+    ("completion", "exact", "fmt", "arithmetic", "reward"),
     [
-        ("7 + 5 = 12\n#### 12", 1.0, 1.0, 1.1),  # right and formatted
-        ("#### $12.00", 1.0, 1.0, 1.1),  # same number, other spelling
-        ("7 + 5 = 13\n#### 13", 0.0, 1.0, 0.1),  # formatted but wrong: the small bonus only
-        ("The answer is 12.", 0.0, 0.0, 0.0),  # right number, no answer line: strict gives nothing
-        ("", 0.0, 0.0, 0.0),
-        ("#### 12\n#### 13", 1.0, 1.0, 1.1),  # the first answer line counts
+        ("7 + 5 = 12\n#### 12", 1.0, 1.0, 1.0, 1.1),  # right and formatted
+        ("#### $12.00", 1.0, 1.0, 0.0, 1.1),  # same number, other spelling
+        ("7 + 5 = 13\n#### 13", 0.0, 1.0, 0.0, 0.1),  # formatted but wrong: the small bonus only
+        ("7 + 6 = 13\n#### 13", 0.0, 1.0, 1.0, 0.1),  # true step, wrong answer: arithmetic off by default
+        ("The answer is 12.", 0.0, 0.0, 0.0, 0.0),  # right number, no answer line: strict gives nothing
+        ("", 0.0, 0.0, 0.0, 0.0),
+        ("#### 12\n#### 13", 1.0, 1.0, 0.0, 1.1),  # the first answer line counts
     ],
 )
-def test_reward_table(completion, exact, fmt, reward):
+def test_reward_table(completion, exact, fmt, arithmetic, reward):
     parts = reward_parts(completion, "12")
-    assert parts == {"exact": exact, "format": fmt}
+    assert parts == {"exact": exact, "format": fmt, "arithmetic": arithmetic}
     assert total_reward(parts, W) == pytest.approx(reward)
 
 
+@pytest.mark.parametrize(
+    ("completion", "written", "wrong"),
+    [
+        ("Lucas starts with 3 * 15 = 42 pencils.\nAfter getting 6 more, Lucas has 42 + 6 = 48 pencils.", 2, 1),
+        ("4 times as big is 13 * 4 = 52 crayons.\nChloe has 52 + 27 = 89 crayons.", 2, 1),  # sft's own slips
+        ("2 * 3 * 4 = 24", 1, 0),  # a chain is read whole, not as its tail "3 * 4 = 24"
+        ("2 + 3 * 4 = 14", 1, 0),  # * before +
+        ("2 + 3 * 4 = 20", 1, 1),
+        ("20 - 4 - 6 = 10", 1, 0),  # left to right
+        ("7 - 10 = -3", 1, 0),
+        ("10 / 4 = 2.5 and 9 / 3 = 3.", 2, 0),  # the sentence's full stop is not a decimal point
+        ("1,200 + 5 = 1,205", 1, 0),
+        ("He pays $5 * 3 = $15.", 1, 0),
+        ("Natalia sold 48/2 = <<48/2=24>>24 clips.", 1, 0),  # GSM8K's calculator annotation: one equation
+        ("<<3*15=45>>45 pencils", 1, 0),
+        ("Natalia sold 48/2 = <<48/2=24>>25 clips.", 1, 1),
+        ("5 / 0 = 1", 1, 1),
+        ("She has 12 apples.\n#### 12", 0, 0),
+    ],
+)
+def test_equations_checked(completion, written, wrong):
+    assert equations_checked(completion) == (written, wrong)
+
+
+def test_arithmetic_reward_pays_true_steps_only_when_weighted_and_never_a_right_answer_s_worth():
+    from posttrain.config import RewardWeightParams
+
+    weights = RewardWeights(exact=1.0, format=0.1, arithmetic=0.5)
+    true_steps_wrong_answer = reward_parts("7 + 6 = 13\n#### 13", "12")
+    false_step = reward_parts("7 + 6 = 14\n#### 14", "12")
+    assert total_reward(true_steps_wrong_answer, weights) == pytest.approx(0.6)
+    assert total_reward(false_step, weights) == pytest.approx(0.1)
+    assert total_reward(reward_parts("7 + 5 = 12\n#### 12", "12"), weights) == pytest.approx(1.6)
+    with pytest.raises(ValueError, match="arithmetic"):
+        RewardWeightParams(exact=1.0, format=0.1, arithmetic=0.9)
+
+
 def test_right_answers_always_beat_formatting_alone():
-    assert total_reward({"exact": 1.0, "format": 1.0}, W) > total_reward({"exact": 0.0, "format": 1.0}, W) * 5
+    right = {"exact": 1.0, "format": 1.0, "arithmetic": 0.0}
+    assert total_reward(right, W) > total_reward({**right, "exact": 0.0}, W) * 5
 
 
 def test_optional_terms_only_when_weighted():
-    parts = {"exact": 1.0, "format": 1.0}
+    parts = {"exact": 1.0, "format": 1.0, "arithmetic": 1.0}
     with_rm = RewardWeights(reward_model=0.5)
     assert total_reward(parts, with_rm, reward_model_score=2.0) == pytest.approx(1.1 + 1.0)
     with pytest.raises(ValueError, match="reward_model"):
@@ -108,3 +147,22 @@ def test_reinforce_ema_raises_the_probability_of_the_rewarded_token():
     assert 0 < stats["baseline"] < 1  # the baseline tracked the rising mean reward
     # LoRA only: the base weights never moved
     assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def test_trl_reward_functions_sum_to_total_reward():
+    """TRL adds w_i * f_i over the functions: that sum is posttrain.rewards.total_reward."""
+    from posttrain.rl import CompletionLog, trl_reward_functions
+
+    weights = RewardWeights(exact=1.0, format=0.1, arithmetic=0.3)
+    functions, function_weights = trl_reward_functions(weights, CompletionLog(), 128, training=lambda: False)
+    assert [f.__name__ for f in functions] == ["exact", "format", "arithmetic"]
+    completions = [[{"role": "assistant", "content": text}] for text in
+                   ["7 + 5 = 12\n#### 12", "7 + 6 = 13\n#### 13", "7 + 6 = 14\n#### 14", "no answer"]]
+    answers = ["12"] * len(completions)
+    summed = [sum(w * value for w, value in zip(function_weights, values)) for values in
+              zip(*(f(completions=completions, answer=answers, trainer_state=None) for f in functions))]
+    expected = [total_reward(reward_parts(c[0]["content"], a), weights) for c, a in zip(completions, answers)]
+    assert summed == pytest.approx(expected)
+    assert summed == pytest.approx([1.4, 0.4, 0.1, 0.0])
+    plain, _ = trl_reward_functions(RewardWeights(), CompletionLog(), 128, training=lambda: False)
+    assert [f.__name__ for f in plain] == ["exact", "format"]  # off: not computed, not logged
