@@ -29,7 +29,7 @@ from posttrain.gsm import grade
 _OPERAND = r"\$?\d[\d,]*(?:\.\d+)?"
 # "a op b [op c ...] = r", as the reasoning lines write it (GSM8K's "48/2 = <<48/2=24>>24" is
 # one equation); not preceded by a digit, a point or an operator, so "2 * 3 * 4 = 24" is read whole.
-EQUATION = re.compile(rf"(?<![\d.,*/+$-])({_OPERAND}(?:\s*[-+*/]\s*{_OPERAND})+)\s*=\s*(?:<<[^<>]*>>)?"
+EQUATION = re.compile(rf"(?<![\d.,*/+$-])({_OPERAND}(?:\s*[-+*/]\s*{_OPERAND})+)\s*=\s*(?:<<[^<>]*>>)?\$?"
                       rf"(-?{_OPERAND})")
 _TOKEN = re.compile(rf"{_OPERAND}|[-+*/]")
 

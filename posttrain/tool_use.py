@@ -28,15 +28,14 @@ from dataclasses import dataclass, field
 
 from posttrain.config import PromptParams
 from posttrain.errors import UserError
+from posttrain.rewards import EQUATION
 
 TOOL_NAME = "calculator"
 # The system turn when params prompt.system is null: the template would otherwise write Qwen's own.
 DEFAULT_SYSTEM = "You are a helpful assistant."
 CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
-# One step of a written solution: "3 * 7 = 21" (the synthetic solutions), with the
-# GSM8K calculator annotation "<<3*7=21>>" as an alternative spelling of the same.
-_NUMBER = r"-?\d+(?:\.\d+)?"
-EQUATION = re.compile(rf"(?<![\w.])({_NUMBER}(?:\s*[-+*/]\s*{_NUMBER})+)\s*=\s*\$?({_NUMBER})(?!\.?\d)")
+# A step of a written solution is an equation as rewards.EQUATION reads one ("3 * 7 = 21");
+# GSM8K's calculator annotation "<<3*7=21>>" is rewritten as the plain step first.
 ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
 SENTENCE_END = re.compile(r"[.!?:](?=\s)\s*|\n\s*")  # a step's sentence starts after one
 _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
@@ -172,7 +171,7 @@ def tool_conversation(record: dict, prompt: PromptParams) -> tuple[list[dict], i
             result = calculate(expression)
         except ToolError:
             continue
-        if float(result) != float(written):
+        if float(result) != float(written.replace(",", "")):
             continue
         # The start of the step's sentence; a second step of one sentence is called at once.
         boundaries = [b.end() for b in SENTENCE_END.finditer(solution, turn_start, match.start(1))]

@@ -142,6 +142,16 @@ def test_gsm8k_calculator_annotations_become_calls():
     assert "<<" not in "".join(m["content"] for m in messages)
 
 
+def test_steps_with_thousands_commas_are_read_whole():
+    """posttrain.rewards.EQUATION reads the steps for both the tool and the arithmetic reward:
+    "1,200 + 5 = 1,205" is one step, not "200 + 5 = 1"."""
+    record = {**RECORD, "solution": "They have 1,200 + 5 = 1,205 tickets.\nThen 1,205 * 2 = 2,410 tickets.\n#### 2410"}
+    messages, calls = tool_conversation(record, PROMPT)
+    assert calls == 2
+    assert [m["tool_calls"][0]["function"]["arguments"]["expression"]
+            for m in messages if m.get("tool_calls")] == ["1,200 + 5", "1,205 * 2"]
+
+
 def test_tool_results_are_masked_out_of_the_loss_and_calls_are_trained_on(tiny_workspace):
     """Through TRL's own SFT data path, as continue_sft builds it (the template's training
     variant, the tools as a JSON string): labels are -100 on the tool's turns, the schema
