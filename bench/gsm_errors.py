@@ -22,10 +22,14 @@ import argparse
 import json
 from collections import Counter, defaultdict
 
+from posttrain.gsm import extract_strict
+from posttrain.io import GSM_RECORD, read_jsonl, write_json
+from posttrain.rewards import Equation, equations
+
 KINDS = ("right", "no answer line", "arithmetic slip", "set-up", "answer line")
 
 
-def same_steps(got: list, reference: list) -> bool:
+def same_steps(got: list[Equation], reference: list[Equation]) -> bool:
     """The same operations on the same numbers, step by step. A step's first operand
     after the first step is the result carried from the step before, so it is not
     compared: an arithmetic slip upstream changes it without changing the set-up."""
@@ -35,24 +39,20 @@ def same_steps(got: list, reference: list) -> bool:
                for i, (g, r) in enumerate(zip(got, reference)))
 
 
-def classify(completion: str, strict_correct: bool, reference_reasoning: str) -> str:
-    from posttrain.gsm import extract_strict
-    from posttrain.rewards import equations
-
+def classify(completion: str, strict_correct: bool, reference_steps: list[Equation]) -> str:
+    """The kind of a graded completion, against the reference reasoning's equations."""
     if strict_correct:
         return "right"
     if extract_strict(completion) is None:
         return "no answer line"
     got = equations(completion)
-    if not same_steps(got, equations(reference_reasoning)):
+    if not same_steps(got, reference_steps):
         return "set-up"
     return "arithmetic slip" if not all(e.true for e in got) else "answer line"
 
 
 def operation_slips(completions: list[str]) -> dict[str, dict]:
     """Per operator (single-operation equations) and result size: equations written, false."""
-    from posttrain.rewards import equations
-
     counts = defaultdict(Counter)
     for completion in completions:
         for e in equations(completion):
@@ -65,17 +65,15 @@ def operation_slips(completions: list[str]) -> dict[str, dict]:
 
 
 def analyse(graded: list[dict], references: dict[str, dict]) -> dict:
-    from posttrain.rewards import equations
-
     rows = [r for r in graded if r.get("task", "gsm") == "gsm"]
     by_phrasing: dict[str, Counter] = defaultdict(Counter)
     unparsed = 0
     for r in rows:
-        reasoning = references[r["id"]]["reasoning"]
-        if not equations(reasoning):
+        reference_steps = equations(references[r["id"]]["reasoning"])
+        if not reference_steps:
             unparsed += 1
             continue
-        by_phrasing[r.get("templates") or "all"][classify(r["completion"], r["strict_correct"], reasoning)] += 1
+        by_phrasing[r.get("templates") or "all"][classify(r["completion"], r["strict_correct"], reference_steps)] += 1
     return {"problems": len(rows), "unparsed_reference": unparsed,
             "by_phrasing": {tag: {kind: counts[kind] for kind in KINDS} for tag, counts in sorted(by_phrasing.items())},
             "operations": operation_slips([r["completion"] for r in rows])}
@@ -87,9 +85,6 @@ def main() -> None:
     parser.add_argument("--test", default="data/prepared/test.jsonl", help="the test split (stage prepare)")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
-
-    from posttrain.io import GSM_RECORD, read_jsonl, write_json
-
     references = {r["id"]: r for r in read_jsonl(args.test, GSM_RECORD)}
     results = {}
     for name in args.checkpoints:

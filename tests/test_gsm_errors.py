@@ -35,7 +35,9 @@ PACKS = "Lucas starts with 3 * 15 = 45 pencils.\nAfter getting 6 more, Lucas has
     ],
 )
 def test_classify(completion, correct, reference, kind):
-    assert bench.classify(completion, correct, reference) == kind
+    from posttrain.rewards import equations
+
+    assert bench.classify(completion, correct, equations(reference)) == kind
 
 
 def test_operation_slips_by_operator_and_result_size():
