@@ -22,6 +22,7 @@ import argparse
 import json
 from collections import Counter, defaultdict
 
+from posttrain import errors
 from posttrain.gsm import extract_strict
 from posttrain.io import GSM_RECORD, read_jsonl, write_json
 from posttrain.rewards import Equation, equations
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--test", default="data/prepared/test.jsonl", help="the test split (stage prepare)")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
+    errors.install()  # a missing or damaged input is one line, not a traceback
     references = {r["id"]: r for r in read_jsonl(args.test, GSM_RECORD)}
     results = {}
     for name in args.checkpoints:
