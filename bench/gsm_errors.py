@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 from posttrain import errors
 from posttrain.gsm import extract_strict
 from posttrain.io import GSM_RECORD, read_jsonl, write_json
-from posttrain.rewards import Equation, equations
+from posttrain.equations import Equation, equations
 
 KINDS = ("right", "no answer line", "arithmetic slip", "set-up", "answer line")
 

@@ -20,25 +20,22 @@ training variant, whose `{% generation %}` markers put the loss on the assistant
 
 from __future__ import annotations
 
-import ast
 import json
-import operator
 import re
 from dataclasses import dataclass, field
 
 from posttrain.config import PromptParams
 from posttrain.errors import UserError
-from posttrain.rewards import EQUATION
+from posttrain.equations import EQUATION, ExpressionError, evaluate, number
 
 TOOL_NAME = "calculator"
 # The system turn when params prompt.system is null: the template would otherwise write Qwen's own.
 DEFAULT_SYSTEM = "You are a helpful assistant."
 CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
-# A step of a written solution is an equation as rewards.EQUATION reads one ("3 * 7 = 21");
+# A step of a written solution is an equation as posttrain.equations reads one ("3 * 7 = 21");
 # GSM8K's calculator annotation "<<3*7=21>>" is rewritten as the plain step first.
 ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
 SENTENCE_END = re.compile(r"[.!?:](?=\s)\s*|\n\s*")  # a step's sentence starts after one
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 MAX_EXPRESSION = 200  # characters: arithmetic, not a program
 
 
@@ -53,27 +50,13 @@ def calculate(expression: str) -> str:
     if len(expression) > MAX_EXPRESSION:
         raise ToolError(f"expression longer than {MAX_EXPRESSION} characters")
     try:
-        tree = ast.parse(expression.replace(",", ""), mode="eval")
-    except SyntaxError as error:
-        raise ToolError(f"not an arithmetic expression: {expression!r}") from error
-
-    def value(node):
-        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-            return node.value
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            return -value(node.operand) if isinstance(node.op, ast.USub) else value(node.operand)
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-            left, right = value(node.left), value(node.right)
-            if isinstance(node.op, ast.Div) and right == 0:
-                raise ToolError("division by zero")
-            return _OPERATORS[type(node.op)](left, right)
-        raise ToolError(f"not an arithmetic expression: {expression!r}")
-
-    return format_number(value(tree.body))
+        return format_number(float(evaluate(expression)))
+    except ExpressionError as error:
+        raise ToolError(str(error)) from error
 
 
-def format_number(number: float) -> str:
-    rounded = round(float(number), 4)
+def format_number(value: float) -> str:
+    rounded = round(float(value), 4)
     return str(int(rounded)) if rounded == int(rounded) else f"{rounded:g}"
 
 
@@ -171,7 +154,7 @@ def tool_conversation(record: dict, prompt: PromptParams) -> tuple[list[dict], i
             result = calculate(expression)
         except ToolError:
             continue
-        if float(result) != float(written.replace(",", "")):
+        if float(result) != float(number(written)):
             continue
         # The start of the step's sentence; a second step of one sentence is called at once.
         boundaries = [b.end() for b in SENTENCE_END.finditer(solution, turn_start, match.start(1))]

@@ -35,7 +35,7 @@ PACKS = "Lucas starts with 3 * 15 = 45 pencils.\nAfter getting 6 more, Lucas has
     ],
 )
 def test_classify(completion, correct, reference, kind):
-    from posttrain.rewards import equations
+    from posttrain.equations import equations
 
     assert bench.classify(completion, correct, equations(reference)) == kind
 

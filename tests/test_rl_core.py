@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from posttrain.reinforce import EmaBaseline, completion_logprobs, reinforce_loss, reinforce_step
-from posttrain.rewards import RewardWeights, equations_checked, reward_parts, total_reward
+from posttrain.rewards import RewardWeights, reward_parts, total_reward
 
 W = RewardWeights(exact=1.0, format=0.1)
 
@@ -25,30 +25,6 @@ def test_reward_table(completion, exact, fmt, arithmetic, reward):
     parts = reward_parts(completion, "12")
     assert parts == {"exact": exact, "format": fmt, "arithmetic": arithmetic}
     assert total_reward(parts, W) == pytest.approx(reward)
-
-
-@pytest.mark.parametrize(
-    ("completion", "written", "wrong"),
-    [
-        ("Lucas starts with 3 * 15 = 42 pencils.\nAfter getting 6 more, Lucas has 42 + 6 = 48 pencils.", 2, 1),
-        ("4 times as big is 13 * 4 = 52 crayons.\nChloe has 52 + 27 = 89 crayons.", 2, 1),  # sft's own slips
-        ("2 * 3 * 4 = 24", 1, 0),  # a chain is read whole, not as its tail "3 * 4 = 24"
-        ("2 + 3 * 4 = 14", 1, 0),  # * before +
-        ("2 + 3 * 4 = 20", 1, 1),
-        ("20 - 4 - 6 = 10", 1, 0),  # left to right
-        ("7 - 10 = -3", 1, 0),
-        ("10 / 4 = 2.5 and 9 / 3 = 3.", 2, 0),  # the sentence's full stop is not a decimal point
-        ("1,200 + 5 = 1,205", 1, 0),
-        ("He pays $5 * 3 = $15.", 1, 0),
-        ("Natalia sold 48/2 = <<48/2=24>>24 clips.", 1, 0),  # GSM8K's calculator annotation: one equation
-        ("<<3*15=45>>45 pencils", 1, 0),
-        ("Natalia sold 48/2 = <<48/2=24>>25 clips.", 1, 1),
-        ("5 / 0 = 1", 1, 1),
-        ("She has 12 apples.\n#### 12", 0, 0),
-    ],
-)
-def test_equations_checked(completion, written, wrong):
-    assert equations_checked(completion) == (written, wrong)
 
 
 def test_arithmetic_reward_pays_true_steps_only_when_weighted_and_never_a_right_answer_s_worth():

@@ -143,7 +143,7 @@ def test_gsm8k_calculator_annotations_become_calls():
 
 
 def test_steps_with_thousands_commas_are_read_whole():
-    """posttrain.rewards.EQUATION reads the steps for both the tool and the arithmetic reward:
+    """posttrain.equations.EQUATION reads the steps for both the tool and the arithmetic reward:
     "1,200 + 5 = 1,205" is one step, not "200 + 5 = 1"."""
     record = {**RECORD, "solution": "They have 1,200 + 5 = 1,205 tickets.\nThen 1,205 * 2 = 2,410 tickets.\n#### 2410"}
     messages, calls = tool_conversation(record, PROMPT)
