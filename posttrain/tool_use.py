@@ -44,9 +44,11 @@ class ToolError(ValueError):
 
 
 def calculate(expression: str) -> str:
-    """The value of an arithmetic expression (numbers, + - * /, unary minus, parentheses),
-    written as the solutions write numbers: an integer without a decimal point, else
-    at most 4 decimals. Anything else (names, calls, powers) is a ToolError."""
+    """The value of an arithmetic expression (numbers, + - * /, unary minus, parentheses;
+    "$" and thousands commas are read as the solutions write them, so GSM8K's "$5 * 3" is
+    a step), computed exactly (posttrain.equations.evaluate) and written as the solutions
+    write numbers: an integer without a decimal point, else at most 4 decimals. Anything
+    else (names, calls, powers) is a ToolError."""
     if len(expression) > MAX_EXPRESSION:
         raise ToolError(f"expression longer than {MAX_EXPRESSION} characters")
     try:
@@ -56,7 +58,7 @@ def calculate(expression: str) -> str:
 
 
 def format_number(value: float) -> str:
-    rounded = round(float(value), 4)
+    rounded = round(value, 4)
     return str(int(rounded)) if rounded == int(rounded) else f"{rounded:g}"
 
 

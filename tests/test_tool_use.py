@@ -34,7 +34,7 @@ def response(result):
 
 @pytest.mark.parametrize("expression, value", [
     ("3 * 7", "21"), ("21 / 3", "7"), ("7 / 2", "3.5"), ("-(3 + 4) * 2", "-14"), ("1,200 - 200", "1000"),
-    ("10 / 3", "3.3333"), ("0.2 * 50", "10")])
+    ("10 / 3", "3.3333"), ("0.2 * 50", "10"), ("$5 * 3", "15")])
 def test_calculator_evaluates_arithmetic_as_solutions_write_numbers(expression, value):
     assert calculate(expression) == value
 
@@ -150,6 +150,15 @@ def test_steps_with_thousands_commas_are_read_whole():
     assert calls == 2
     assert [m["tool_calls"][0]["function"]["arguments"]["expression"]
             for m in messages if m.get("tool_calls")] == ["1,200 + 5", "1,205 * 2"]
+
+
+def test_steps_in_dollars_become_calls():
+    """GSM8K writes money steps as "$5 * 3 = $15": the tool reads the "$" (before the shared
+    evaluator, it refused such a step, which then stayed plain text)."""
+    record = {**RECORD, "solution": "He pays $5 * 3 = $15 for the pens.\nThen $15 + $2 = $17 in all.\n#### 17"}
+    messages, calls = tool_conversation(record, PROMPT)
+    assert calls == 2
+    assert [m["content"] for m in messages if m["role"] == "tool"] == ["15", "17"]
 
 
 def test_tool_results_are_masked_out_of_the_loss_and_calls_are_trained_on(tiny_workspace):
