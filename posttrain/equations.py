@@ -25,12 +25,20 @@ EQUATION = re.compile(rf"(?<![\d.,*/+$-])({_OPERAND}(?:\s*[-+*/]\s*{_OPERAND})+)
 _LEADING_ZEROS = re.compile(r"(?<![\d.])0+(?=\d)")
 # The reader's \s takes any whitespace, a line break or a no-break space included; Python's parser takes spaces.
 _WHITESPACE = re.compile(r"\s+")
+# Steps write a few operations; a run-on chain ("1 + 1 + 1 + ...", a degenerate sample) is
+# not evaluated: it would nest Python's parser past its recursion limit (~1,000 operators).
+MAX_OPERATORS = 100
+_OPERATOR = re.compile(r"[-+*/]")
 _OPERATORS = {ast.Add: ("+", operator.add), ast.Sub: ("-", operator.sub), ast.Mult: ("*", operator.mul),
               ast.Div: ("/", operator.truediv)}
 
 
 class ExpressionError(ValueError):
     """Not arithmetic (a name, a call, a power, a syntax error), or a division by zero."""
+
+
+class ExpressionTooLong(ExpressionError):
+    """More than MAX_OPERATORS operators."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,8 @@ def number(text: str) -> Fraction:
 def _parse(expression: str) -> tuple[Fraction | None, list[Fraction], list[str]]:
     """(value, None on a division by zero; the operands and operators, in the order written)."""
     source = _LEADING_ZEROS.sub("", _WHITESPACE.sub(" ", expression.replace(",", "").replace("$", ""))).strip()
+    if len(_OPERATOR.findall(source)) > MAX_OPERATORS:
+        raise ExpressionTooLong(f"more than {MAX_OPERATORS} operators")
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as error:
@@ -89,10 +99,15 @@ def evaluate(expression: str) -> Fraction:
 
 
 def equations(text: str) -> list[Equation]:
-    """Every equation the text writes, in order, with its true value."""
+    """Every equation the text writes, in order, with its true value. A run-on chain of
+    more than MAX_OPERATORS operators is read as an equation that is not true, with no
+    operands: a reward never pays for one, and it crashes nothing."""
     found = []
     for expression, result in EQUATION.findall(text):
-        true_result, operands, operators = _parse(expression)
+        try:
+            true_result, operands, operators = _parse(expression)
+        except ExpressionTooLong:
+            true_result, operands, operators = None, [], []
         found.append(Equation(tuple(operands), tuple(operators), number(result), true_result))
     return found
 

@@ -64,6 +64,17 @@ def test_an_equation_keeps_its_operands_and_operators_in_the_order_written():
     assert (by_zero.operands, by_zero.operators, by_zero.true_result, by_zero.true) == ((7, 0), ("/",), None, False)
 
 
+def test_a_run_on_chain_is_an_equation_that_is_not_true_and_crashes_nothing():
+    """A degenerate sample's "1 + 1 + ... = 5" of thousands of terms would nest Python's
+    parser past its recursion limit; it is read as one equation, never true."""
+    for terms in (102, 5000):  # 101 operators and more
+        (chain,) = equations(" + ".join(["1"] * terms) + f" = {terms}")
+        assert (chain.true, chain.operands) == (False, ())
+    assert equations(" + ".join(["1"] * 101) + " = 101")[0].true  # 100 operators: a chain like any other
+    with pytest.raises(ExpressionError, match="more than 100 operators"):
+        evaluate(" + ".join(["1"] * 102))
+
+
 def written_number(rng: random.Random) -> str:
     shapes = [lambda: str(rng.randint(0, 99)), lambda: f"{rng.randint(1, 9)},{rng.randint(0, 999):03d}",
               lambda: f"${rng.randint(1, 50)}", lambda: f"0{rng.randint(1, 9)}",
