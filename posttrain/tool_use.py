@@ -48,13 +48,15 @@ def calculate(expression: str) -> str:
     "$" and thousands commas are read as the solutions write them, so GSM8K's "$5 * 3" is
     a step), computed exactly (posttrain.equations.evaluate) and written as the solutions
     write numbers: an integer without a decimal point, else at most 4 decimals. Anything
-    else (names, calls, powers) is a ToolError."""
+    else (names, calls, powers, a result past a float's range) is a ToolError."""
     if len(expression) > MAX_EXPRESSION:
         raise ToolError(f"expression longer than {MAX_EXPRESSION} characters")
     try:
         return format_number(float(evaluate(expression)))
     except ExpressionError as error:
         raise ToolError(str(error)) from error
+    except OverflowError as error:  # past a float's range ("1e200 * 1e200"): an answer, not a crash of the loop
+        raise ToolError("result too large") from error
 
 
 def format_number(value: float) -> str:

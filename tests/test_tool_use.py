@@ -42,7 +42,7 @@ def test_calculator_evaluates_arithmetic_as_solutions_write_numbers(expression, 
 @pytest.mark.parametrize("expression, error", [
     ('__import__("os").system("ls")', "not an arithmetic expression"), ("2 ** 10", "not an arithmetic expression"),
     ("x + 1", "not an arithmetic expression"), ("1 / 0", "division by zero"), ("3 *", "not an arithmetic expression"),
-    ("1 + " * 100 + "1", "longer than 200 characters")])
+    ("1 + " * 100 + "1", "longer than 200 characters"), ("1e200 * 1e200", "too large"), ("1e999", "too large")])
 def test_calculator_refuses_anything_but_arithmetic(expression, error):
     with pytest.raises(ToolError, match=error):
         calculate(expression)
