@@ -1,15 +1,18 @@
 """Profiles: small overlays of params.yaml (profiles/<name>.yaml) for other situations.
 
-    python -m posttrain.profiles smoke > smoke-params.yaml
+    python -m posttrain.profiles smoke                       # print params.yaml with it merged
+    python -m posttrain.profiles quick --out params.yaml     # or write it (atomically)
 
-prints params.yaml with the profile merged over it. The tests use it to run the smoke
-profile in a throw-away copy; for a one-off variation, `dvc exp run -S key=value` is
-the better tool, since DVC then records the change with the experiment.
+prints params.yaml with the profile merged over it (comments are not kept). Write it
+with `--out`, not with `> params.yaml`: the shell empties the file before the module
+reads it. The tests run the smoke profile in a throw-away copy; for a one-off variation,
+`dvc exp run -S key=value` is the better tool, since DVC then records the change with the
+experiment.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import yaml
@@ -29,21 +32,50 @@ def deep_merge(base: dict, overlay: dict) -> dict:
     return merged
 
 
+def _mapping(path: Path, what: str) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc.__class__.__name__}: {exc})") from None
+    if data is None and what == "params":
+        raise ParamsError(f"{path}: empty (a `> {path.name}` redirect empties it before it is read: "
+                          f"`git checkout {path.name}` restores it; write with --out {path.name})")
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of {what} keys, got {type(data).__name__}")
+    return data
+
+
 def profile_params(name: str, params_file: str | Path = "params.yaml") -> dict:
     """params.yaml with profiles/<name>.yaml merged over it, validated."""
     path = PROFILES_DIR / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
         raise ParamsError(f"profile {name!r}: no {path.name} in profiles/ (known: {known})")
-    merged = deep_merge(yaml.safe_load(Path(params_file).read_text()), yaml.safe_load(path.read_text()) or {})
+    params_file = Path(params_file)
+    if not params_file.is_file():
+        raise ParamsError(f"{params_file}: no such file (run from the repository root)")
+    merged = deep_merge(_mapping(params_file, "params"), _mapping(path, "profile"))
     parse_params(merged, f"{params_file} + {path.name}")
     return merged
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m posttrain.profiles NAME")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m posttrain.profiles", description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", help="a profile: profiles/<name>.yaml")
+    parser.add_argument("--params", default="params.yaml", help="the params file to merge over (default params.yaml)")
+    parser.add_argument("--out", help="write the merged params here (atomically) instead of printing them")
+    args = parser.parse_args(argv)
     try:
-        print(yaml.safe_dump(profile_params(sys.argv[1]), sort_keys=False), end="")
+        text = yaml.safe_dump(profile_params(args.name, args.params), sort_keys=False)
     except ParamsError as exc:
         raise SystemExit(str(exc)) from None
+    if args.out:
+        from posttrain.io import write_text_atomic
+
+        write_text_atomic(args.out, text)
+    else:
+        print(text, end="")
+
+
+if __name__ == "__main__":
+    main()
