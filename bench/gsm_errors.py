@@ -23,9 +23,9 @@ import json
 from collections import Counter, defaultdict
 
 from posttrain import errors
+from posttrain.equations import Equation, equations
 from posttrain.gsm import extract_strict
 from posttrain.io import GSM_RECORD, read_jsonl, write_json
-from posttrain.equations import Equation, equations
 
 KINDS = ("right", "no answer line", "arithmetic slip", "set-up", "answer line")
 
