@@ -19,6 +19,7 @@ and the trained update's factors apart, so each module's share of each is set on
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import tempfile
@@ -48,8 +49,6 @@ def module_of(key: str) -> tuple[int, str]:
 def write_part(base: str, start: str, trained: str, keep, out_dir: str | Path) -> dict:
     """start + keep(layer, module) * (trained - start), module by module; returns the count
     of LoRA modules that keep the update and of those that do not."""
-    import json
-
     from safetensors.torch import load_file, save_file
 
     from posttrain.io import atomic_dir
