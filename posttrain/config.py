@@ -667,7 +667,9 @@ def parse_params(raw: object, path: str = PARAMS_FILE) -> Params:
         raise ParamsError("\n".join(_describe(e, path) for e in exc.errors())) from None
 
 
-def read_params(path: str | Path = PARAMS_FILE) -> Params:
+def read_params_mapping(path: str | Path = PARAMS_FILE) -> dict:
+    """A params file (or a profile overlay) as loaded, before validation; ParamsError in
+    one line when it is missing, not YAML, empty or not a mapping."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -677,7 +679,16 @@ def read_params(path: str | Path = PARAMS_FILE) -> Params:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ParamsError(f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_params(raw, str(path))
+    if raw is None:  # `python -m posttrain.profiles smoke > params.yaml` did this before --out
+        raise ParamsError(f"{path}: empty (a shell redirect such as `> {path.name}` empties a file before it is "
+                          f"read; `git checkout {path.name}` restores a committed one)")
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def read_params(path: str | Path = PARAMS_FILE) -> Params:
+    return parse_params(read_params_mapping(path), str(path))
 
 
 def stage_arguments(doc: str, **paths: str) -> argparse.Namespace:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from posttrain.config import ParamsError, parse_params
+from posttrain.config import ParamsError, parse_params, read_params_mapping
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
@@ -32,29 +32,13 @@ def deep_merge(base: dict, overlay: dict) -> dict:
     return merged
 
 
-def _mapping(path: Path, what: str) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({exc.__class__.__name__}: {exc})") from None
-    if data is None and what == "params":
-        raise ParamsError(f"{path}: empty (a `> {path.name}` redirect empties it before it is read: "
-                          f"`git checkout {path.name}` restores it; write with --out {path.name})")
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: expected a mapping of {what} keys, got {type(data).__name__}")
-    return data
-
-
 def profile_params(name: str, params_file: str | Path = "params.yaml") -> dict:
     """params.yaml with profiles/<name>.yaml merged over it, validated."""
     path = PROFILES_DIR / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
         raise ParamsError(f"profile {name!r}: no {path.name} in profiles/ (known: {known})")
-    params_file = Path(params_file)
-    if not params_file.is_file():
-        raise ParamsError(f"{params_file}: no such file (run from the repository root)")
-    merged = deep_merge(_mapping(params_file, "params"), _mapping(path, "profile"))
+    merged = deep_merge(read_params_mapping(params_file), read_params_mapping(path))
     parse_params(merged, f"{params_file} + {path.name}")
     return merged
 

@@ -94,7 +94,8 @@ CASES = {
                                    {"data": {"split": {"sft": 2000, "rl": 50, "test": 50}}}),
     "yaml syntax": Case("sft", "params.yaml: line 4: not valid YAML: expected ',' or ']', but got '<stream end>'",
                         fault=raw_params("seed: 1\ndata:\n  split: [1, 2\n")),
-    "empty params": Case("sft", "params.yaml: expected a mapping of sections at the top level", fault=raw_params("")),
+    "empty params": Case("sft", "params.yaml: empty (a shell redirect such as `> params.yaml` empties a file before "
+                         "it is read; `git checkout params.yaml` restores a committed one)", fault=raw_params("")),
     # data files (data.source, data.safety.source)
     "missing data directory": Case("prepare", "prepare: data.source: ./no/such/data does not exist (a local data "
                                               "directory holding train.jsonl must exist; a hub id looks like org/name)",
