@@ -46,36 +46,41 @@ def module_of(key: str) -> tuple[int, str]:
     return int(layer.group(1)), key.split(".lora_")[0].rsplit(".", 1)[1]
 
 
-def write_part(base: str, start: str, trained: str, keep, out_dir: str | Path) -> dict:
-    """start + keep(layer, module) * (trained - start), module by module; returns the count
-    of LoRA modules that keep the update and of those that do not."""
+def write_parts(base: str, start: str, trained: str, parts: dict, out_dir: str | Path) -> dict:
+    """For each named rule keep(layer, module, layers) in parts, out_dir/<name> holds
+    start + keep * (trained - start), module by module. The stacked adapter is built once
+    (one model load) and each part rescales its factors. Returns, per part, the count of
+    LoRA modules that keep the update and of those that do not."""
     from safetensors.torch import load_file, save_file
 
     from posttrain.io import atomic_dir
     from posttrain.safety import interpolate_adapter
 
     rank = json.loads((Path(start) / "adapter_config.json").read_text())["r"]
+    counts = {}
     with tempfile.TemporaryDirectory() as scratch:
         stacked = Path(scratch) / "stacked"
         interpolate_adapter(base, start, trained, STACKED_AT, stacked)
         tensors = load_file(stacked / "adapter_model.safetensors")
         names = [key for key in tensors if ".lora_A." in key]
         layers = 1 + max(module_of(key)[0] for key in names)
-        counts = {"kept": 0, "start": 0}
         for key in names:
-            # PEFT's stacking scales lora_A: rows [0, r) are the start's, times (1 - w);
-            # rows [r, 2r) the trained adapter's, times w.
-            weight = 1.0 if keep(*module_of(key), layers) else 0.0
-            factors = tensors[key].clone()
-            if factors.shape[0] != 2 * rank:
-                raise ValueError(f"{key}: {factors.shape[0]} rows, expected the stacked 2 x {rank}")
-            factors[:rank] *= (1 - weight) / (1 - STACKED_AT)
-            factors[rank:] *= weight / STACKED_AT
-            tensors[key] = factors.contiguous()
-            counts["kept" if weight else "start"] += 1
-        with atomic_dir(out_dir) as out:
-            shutil.copytree(stacked, out, dirs_exist_ok=True)
-            save_file(tensors, Path(out) / "adapter_model.safetensors", metadata={"format": "pt"})
+            if tensors[key].shape[0] != 2 * rank:
+                raise ValueError(f"{key}: {tensors[key].shape[0]} rows, expected the stacked 2 x {rank}")
+        for part, keep in parts.items():
+            rescaled, counts[part] = dict(tensors), {"kept": 0, "start": 0}
+            for key in names:
+                # PEFT's stacking scales lora_A: rows [0, r) are the start's, times (1 - w);
+                # rows [r, 2r) the trained adapter's, times w.
+                weight = 1.0 if keep(*module_of(key), layers) else 0.0
+                factors = tensors[key].clone()
+                factors[:rank] *= (1 - weight) / (1 - STACKED_AT)
+                factors[rank:] *= weight / STACKED_AT
+                rescaled[key] = factors.contiguous()
+                counts[part]["kept" if weight else "start"] += 1
+            with atomic_dir(Path(out_dir) / part) as out:
+                shutil.copytree(stacked, out, dirs_exist_ok=True)
+                save_file(rescaled, Path(out) / "adapter_model.safetensors", metadata={"format": "pt"})
     return counts
 
 
@@ -90,9 +95,9 @@ def main() -> None:
     for name in ("trained", "start"):
         if not (Path(getattr(args, name)) / "adapter_config.json").is_file():
             raise SystemExit(f"bench/safety_parts.py: --{name} {getattr(args, name)}: no adapter_config.json there")
-    for part in args.parts:
-        counts = write_part(args.base, args.start, args.trained, PARTS[part], Path(args.out_dir) / part)
-        print(f"{part}: the update kept in {counts['kept']} LoRA modules, the start's in {counts['start']}"
+    counts = write_parts(args.base, args.start, args.trained, {part: PARTS[part] for part in args.parts}, args.out_dir)
+    for part, count in counts.items():
+        print(f"{part}: the update kept in {count['kept']} LoRA modules, the start's in {count['start']}"
               f" -> {Path(args.out_dir) / part}")
 
 
