@@ -110,7 +110,8 @@ def main() -> None:
     prompt = load_params().prompt
     if args.pairs:
         replay = [preference_example(p, prompt) for p in read_jsonl(args.pairs) if p["source"] == GSM_REPLAY]
-        conversations = [{"prompt": e["prompt"], "completion": e[side]} for e in replay for side in ("chosen", "rejected")]
+        conversations = [{"prompt": e["prompt"], "completion": e[side]}
+                         for e in replay for side in ("chosen", "rejected")]
     else:
         conversations = [{"prompt": gsm_messages(r["question"], prompt),
                           "completion": [{"role": "assistant", "content": r["completion"]}]}

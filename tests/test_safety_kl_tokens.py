@@ -27,7 +27,7 @@ def test_summary_reads_concentration_shares_and_flips():
     out = bench.summary(rows, top=2)
     assert out["tokens"] == 200
     assert out["mean_kl_per_token"] == pytest.approx(round(9.99 / 200, 5))
-    assert out["kl_share_of_top_1_percent"] == pytest.approx(round(9.02 / 9.99, 3))  # the 2 largest of 200
+    assert out["kl_share_of_top_1_percent"] == pytest.approx(round(9.01 / 9.99, 3))  # the 2 largest of 200: 9 + 0.01
     assert out["token_share_by_kind"] == {"digit": 0.005, "operator": 0.5, "other": 0.495}
     assert out["kl_share_by_kind"]["digit"] == pytest.approx(round(9 / 9.99, 3))
     assert out["top_1_percent_by_kind"] == {"digit": 1, "other": 1} and out["top_1_percent_greedy_flipped"] == 1
@@ -76,8 +76,9 @@ def test_kl_is_zero_against_itself_and_positive_against_another_adapter(adapters
 def test_the_command_reads_a_graded_file_and_names_one_without_gsm_answers(adapters, tmp_path):
     base, start, trained = adapters
     graded = tmp_path / "rl.jsonl"
-    graded.write_text("\n".join(json.dumps({"task": "gsm", "question": f"What is {n} + {n}?",
-                                            "completion": f"{n} + {n} = {2 * n}\n#### {2 * n}"}) for n in (2, 5)) + "\n")
+    answers = [{"task": "gsm", "question": f"What is {n} + {n}?", "completion": f"{n} + {n} = {2 * n}\n#### {2 * n}"}
+               for n in (2, 5)]
+    graded.write_text("".join(json.dumps(answer) + "\n" for answer in answers))
     command = [sys.executable, str(ROOT / "bench/safety_kl_tokens.py"), "--base", str(base), "--start", str(start),
                "--trained", str(trained), "--json", str(tmp_path / "out.json")]
     result = subprocess.run([*command, "--graded", str(graded)], cwd=ROOT, capture_output=True, text=True,
