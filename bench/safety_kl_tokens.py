@@ -36,7 +36,9 @@ def token_kind(text: str) -> str:
 def completion_ids(tokenizer, example: dict):
     """A {"prompt", "completion"} conversation as input ids [1, L] and the position of its
     first completion token."""
-    prompt = tokenizer.apply_chat_template(example["prompt"], tokenize=False, add_generation_prompt=True)
+    from posttrain.generation import render_prompts
+
+    prompt = render_prompts(tokenizer, [example["prompt"]])[0]
     text = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=False)
     first = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     return tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"], first
