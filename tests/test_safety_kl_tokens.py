@@ -65,7 +65,7 @@ def test_kl_is_zero_against_itself_and_positive_against_another_adapter(adapters
     ids, first = sequences[0]
     start_logps = bench.completion_log_probs(start_model, ids, first)
     assert start_logps.shape[0] == ids.shape[1] - first  # one distribution per completion token
-    assert (start_logps.argmax(-1)[:-1] >= 0).all() and start_logps.exp().sum(-1).sub(1).abs().max() < 1e-4
+    assert start_logps.exp().sum(-1).sub(1).abs().max() < 1e-4  # each row a distribution
     same = bench.kl_by_token(tokenizer, sequences, start_model, start_model)
     assert len(same) == ids.shape[1] - first and all(abs(r["kl"]) < 1e-6 and not r["flipped"] for r in same)
     assert "".join(r["token"] for r in same).startswith("3 + 4 = 7")
